@@ -1,0 +1,123 @@
+//! The connection pool and the schema migrations.
+//!
+//! One driver for the whole project: tokio-postgres, pooled by deadpool-postgres. Migrations are
+//! the plain SQL files in `migrations/`, embedded here and applied by refinery under a
+//! PostgreSQL advisory lock, so replicas starting together never race.
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+use crate::config::DatabaseSettings;
+
+/// Errors of the pool and the migrations.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// A statement or connection failed.
+    #[error(transparent)]
+    Postgres(#[from] tokio_postgres::Error),
+    /// No pooled connection could be had.
+    #[error("no database connection: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    /// The pool could not be built.
+    #[error("cannot build the database pool: {0}")]
+    Build(#[from] deadpool_postgres::BuildError),
+    /// A migration failed.
+    #[error("migration failed: {0}")]
+    Migration(#[from] refinery::Error),
+}
+
+/// A `Result` with [`DbError`].
+pub type Result<T, E = DbError> = std::result::Result<T, E>;
+
+mod embedded {
+    refinery::embed_migrations!("../migrations");
+}
+
+/// The advisory lock key held while migrating ("quayside" in ASCII, as a bigint).
+const MIGRATION_LOCK_KEY: i64 = 0x7175_6179_7369_6465;
+
+/// Build a pool. No connection is opened until one is needed.
+///
+/// Connections are recycled with a cheap `is_closed` check: a connection broken by a database
+/// restart is dropped when it comes back to the pool, and the next caller gets a fresh one.
+pub fn pool(settings: &DatabaseSettings) -> Result<Pool> {
+    let manager = Manager::from_config(
+        settings.pg_config(),
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Ok(Pool::builder(manager)
+        .max_size(settings.pool_size)
+        .wait_timeout(Some(settings.pool_timeout))
+        .create_timeout(Some(settings.pool_timeout))
+        .runtime(Runtime::Tokio1)
+        .build()?)
+}
+
+/// Apply every pending migration, holding an advisory lock so that only one process migrates
+/// at a time; the others wait, then find nothing to do. Returns how many were applied.
+pub async fn migrate(pool: &Pool) -> Result<usize> {
+    let mut conn = pool.get().await?;
+    conn.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
+        .await?;
+    let client: &mut tokio_postgres::Client = &mut conn;
+    let outcome = embedded::migrations::runner().run_async(client).await;
+    // Unlock even when the run failed; a lost connection releases the lock by itself.
+    let unlocked = conn
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
+        .await;
+    let report = outcome?;
+    unlocked?;
+    Ok(report.applied_migrations().len())
+}
+
+/// True when every embedded migration has been applied (the API's readiness probe).
+pub async fn is_migrated(pool: &Pool) -> Result<bool> {
+    let conn = pool.get().await?;
+    let latest = embedded::migrations::runner()
+        .get_migrations()
+        .iter()
+        .map(|m| m.version())
+        .max()
+        .unwrap_or(0);
+    let applied: Option<i32> = conn
+        .query_one("SELECT max(version) FROM refinery_schema_history", &[])
+        .await
+        .ok() // no history table yet: nothing applied
+        .and_then(|r| r.get(0));
+    Ok(applied.is_some_and(|v| v as i64 >= latest as i64))
+}
+
+/// A pooled connection or a transaction on one: what every queue function takes, so the
+/// caller decides whether its writes commit on their own or with the caller's rows.
+///
+/// deadpool's `GenericClient` without `COPY`, which the bulk enqueue needs.
+pub trait Conn: deadpool_postgres::GenericClient {
+    /// Start `COPY ... FROM STDIN` (see `tokio_postgres::Client::copy_in`).
+    fn copy_in(
+        &self,
+        statement: &str,
+    ) -> impl std::future::Future<
+        Output = Result<tokio_postgres::CopyInSink<bytes::Bytes>, tokio_postgres::Error>,
+    > + Send;
+}
+
+impl Conn for deadpool_postgres::Client {
+    async fn copy_in(
+        &self,
+        statement: &str,
+    ) -> Result<tokio_postgres::CopyInSink<bytes::Bytes>, tokio_postgres::Error> {
+        tokio_postgres::Client::copy_in(self, statement).await
+    }
+}
+
+impl Conn for deadpool_postgres::Transaction<'_> {
+    async fn copy_in(
+        &self,
+        statement: &str,
+    ) -> Result<tokio_postgres::CopyInSink<bytes::Bytes>, tokio_postgres::Error> {
+        tokio_postgres::Transaction::copy_in(self, statement).await
+    }
+}

@@ -1,0 +1,114 @@
+//! The registry of job kinds: for each its name, typed args, default queue, attempt budget,
+//! retry policy and timeout.
+//!
+//! The API checks args against it before it enqueues; the worker maps each kind to a handler
+//! and refuses to start if one is missing. Args structs are a stored format: rows written by
+//! today's API are read by tomorrow's worker, so new fields get serde defaults and a kind is
+//! never renamed in place.
+
+pub mod noop;
+
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::retry::RetryPolicy;
+
+/// Why a kind's args were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArgsError {
+    /// No kind of that name is registered.
+    #[error("unknown job kind {0:?}")]
+    UnknownKind(String),
+    /// The JSON does not have the kind's shape.
+    #[error("args do not match the kind: {0}")]
+    Shape(String),
+    /// A field has a value the kind refuses.
+    #[error("invalid {field}: {message}")]
+    Invalid {
+        /// The field at fault.
+        field: &'static str,
+        /// Why.
+        message: String,
+    },
+}
+
+/// The typed args of one job kind.
+pub trait JobArgs: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The kind's registered name; never renamed once jobs of it exist.
+    const KIND: &'static str;
+
+    /// Check values serde cannot (ranges, formats).
+    fn validate(&self) -> Result<(), ArgsError> {
+        Ok(())
+    }
+}
+
+/// A kind's name and default policy.
+#[derive(Debug, Clone, Copy)]
+pub struct KindSpec {
+    /// The registered name.
+    pub name: &'static str,
+    /// The queue its jobs go to unless the enqueuer says otherwise.
+    pub queue: &'static str,
+    /// Attempts before a failing job is discarded.
+    pub max_attempts: i32,
+    /// How retries are spaced.
+    pub retry: RetryPolicy,
+    /// How long one attempt may run before it counts as failed.
+    pub timeout: Duration,
+    /// Parses and validates args given as JSON.
+    pub check: fn(&serde_json::Value) -> Result<(), ArgsError>,
+}
+
+/// Parse `args` as `A` and validate it; the `check` of every [`KindSpec`].
+pub fn check_args<A: JobArgs>(args: &serde_json::Value) -> Result<(), ArgsError> {
+    let parsed = A::deserialize(args).map_err(|e| ArgsError::Shape(e.to_string()))?;
+    parsed.validate()
+}
+
+/// Every registered kind.
+pub static KINDS: &[KindSpec] = &[noop::SPEC];
+
+/// The kind named `name`.
+pub fn kind(name: &str) -> Result<&'static KindSpec, ArgsError> {
+    KINDS
+        .iter()
+        .find(|k| k.name == name)
+        .ok_or_else(|| ArgsError::UnknownKind(name.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_names_are_unique() {
+        let mut names: Vec<_> = KINDS.iter().map(|k| k.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), KINDS.len());
+    }
+
+    #[test]
+    fn unknown_kinds_and_bad_args_are_refused() {
+        assert_eq!(
+            kind("nope").unwrap_err(),
+            ArgsError::UnknownKind("nope".into())
+        );
+        let noop = kind("noop").unwrap();
+        assert!((noop.check)(&serde_json::json!({"sleep_ms": 5})).is_ok());
+        assert!(matches!(
+            (noop.check)(&serde_json::json!({"sleep_ms": "soon"})),
+            Err(ArgsError::Shape(_))
+        ));
+        assert!(matches!(
+            (noop.check)(&serde_json::json!({"sleep_ms": 86_400_001})),
+            Err(ArgsError::Invalid {
+                field: "sleep_ms",
+                ..
+            })
+        ));
+    }
+}

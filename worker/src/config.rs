@@ -1,0 +1,313 @@
+//! The worker's settings: flags and environment, validated into one typed struct.
+
+use std::time::Duration;
+
+use common::config::{ConfigError, DatabaseSettings, Source, boolean, millis, parse_or, positive};
+
+/// Everything a worker process needs to know, validated.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// The database.
+    pub database: DatabaseSettings,
+    /// The queues served, each with its number of job slots.
+    pub queues: Vec<(String, usize)>,
+    /// Most jobs fetched in one statement.
+    pub fetch_batch: usize,
+    /// How long a fetched job is leased; renewed every third of it while the job runs.
+    pub lease: Duration,
+    /// Fallback poll of each queue when no notification arrives (and the only wake-up in
+    /// polling-only mode).
+    pub poll_interval: Duration,
+    /// LISTEN for new jobs; off for PgBouncer in transaction mode.
+    pub listen: bool,
+    /// How long in-flight jobs may run on after SIGTERM before they are handed back.
+    pub shutdown_timeout: Duration,
+    /// Port of the Prometheus `/metrics` endpoint; none when unset.
+    pub metrics_port: Option<u16>,
+    /// Maintenance intervals and limits.
+    pub maintenance: MaintenanceSettings,
+    /// Periodic jobs from configuration (`PERIODIC_JOBS`, a JSON list).
+    pub periodic: Vec<PeriodicJob>,
+}
+
+/// Intervals of the maintenance services; each pass runs once per interval across all workers.
+#[derive(Debug, Clone)]
+pub struct MaintenanceSettings {
+    /// How often expired leases are looked for.
+    pub rescue_interval: Duration,
+    /// How often due scheduled and retryable jobs are made available (at most; sooner when the
+    /// next one is due sooner).
+    pub schedule_interval: Duration,
+    /// How often finished jobs are pruned.
+    pub prune_interval: Duration,
+    /// Finished jobs older than this are deleted.
+    pub retention: Duration,
+    /// Workers silent for this long are removed from the workers table.
+    pub worker_ttl: Duration,
+}
+
+/// A job enqueued on a cron schedule.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct PeriodicJob {
+    /// The schedule's name, unique; part of each tick's unique key.
+    pub name: String,
+    /// A cron expression: 5 fields, or 6 with seconds first.
+    pub cron: String,
+    /// The job kind.
+    pub kind: String,
+    /// Its args.
+    #[serde(default)]
+    pub args: serde_json::Value,
+}
+
+/// Default `WORKER_CONCURRENCY`: job slots per queue.
+pub const DEFAULT_CONCURRENCY: u64 = 16;
+/// Default `WORKER_FETCH_BATCH`.
+pub const DEFAULT_FETCH_BATCH: u64 = 1000;
+/// Default `WORKER_LEASE_MS`: 30 s, renewed every 10 s, so a killed worker's jobs run again
+/// within about half a minute, while a renewal can miss twice before the lease is lost.
+pub const DEFAULT_LEASE_MS: u64 = 30_000;
+/// Default `WORKER_POLL_INTERVAL_MS`.
+pub const DEFAULT_POLL_INTERVAL_MS: u64 = 1_000;
+/// Default `WORKER_SHUTDOWN_TIMEOUT_MS`.
+pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 30_000;
+/// Default `WORKER_RESCUE_INTERVAL_MS`.
+pub const DEFAULT_RESCUE_INTERVAL_MS: u64 = 5_000;
+/// Default `WORKER_SCHEDULE_INTERVAL_MS`: scheduled jobs start at most this late.
+pub const DEFAULT_SCHEDULE_INTERVAL_MS: u64 = 1_000;
+/// Default `WORKER_PRUNE_INTERVAL_MS`.
+pub const DEFAULT_PRUNE_INTERVAL_MS: u64 = 60_000;
+/// Default `JOB_RETENTION_HOURS`: a week of history for operators.
+pub const DEFAULT_RETENTION_HOURS: u64 = 168;
+/// Default `WORKER_TTL_MS`.
+pub const DEFAULT_WORKER_TTL_MS: u64 = 120_000;
+
+impl WorkerSettings {
+    /// Read and validate. `queues` and `concurrency` are the command-line flags, which win over
+    /// `WORKER_QUEUES` and `WORKER_CONCURRENCY`.
+    pub fn from_source(
+        src: &(impl Source + ?Sized),
+        queues: Option<String>,
+        concurrency: Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let concurrency = match concurrency {
+            Some(c) => c
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        "WORKER_CONCURRENCY",
+                        format!("--concurrency {c:?} is not a positive integer"),
+                    )
+                })?,
+            None => positive(src, "WORKER_CONCURRENCY", DEFAULT_CONCURRENCY)?,
+        } as usize;
+        let queues = parse_queues(
+            &queues
+                .or_else(|| src.get("WORKER_QUEUES"))
+                .unwrap_or_else(|| "default".into()),
+            concurrency,
+        )?;
+        let lease = millis(src, "WORKER_LEASE_MS", DEFAULT_LEASE_MS)?;
+        if lease < Duration::from_millis(300) {
+            return Err(ConfigError::new("WORKER_LEASE_MS", "must be at least 300"));
+        }
+        let periodic = match src.get("PERIODIC_JOBS") {
+            None => Vec::new(),
+            Some(raw) => {
+                let jobs: Vec<PeriodicJob> = serde_json::from_str(&raw).map_err(|e| {
+                    ConfigError::new(
+                        "PERIODIC_JOBS",
+                        format!("expected [{{\"name\", \"cron\", \"kind\", \"args\"}}]: {e}"),
+                    )
+                })?;
+                for j in &jobs {
+                    crate::maintenance::periodic::parse_cron(&j.cron).map_err(|e| {
+                        ConfigError::new("PERIODIC_JOBS", format!("schedule {:?}: {e}", j.name))
+                    })?;
+                    common::jobs::kind(&j.kind).map_err(|e| {
+                        ConfigError::new("PERIODIC_JOBS", format!("schedule {:?}: {e}", j.name))
+                    })?;
+                }
+                jobs
+            }
+        };
+        Ok(Self {
+            database: DatabaseSettings::from_source(src)?,
+            queues,
+            fetch_batch: positive(src, "WORKER_FETCH_BATCH", DEFAULT_FETCH_BATCH)? as usize,
+            lease,
+            poll_interval: millis(src, "WORKER_POLL_INTERVAL_MS", DEFAULT_POLL_INTERVAL_MS)?,
+            listen: boolean(src, "WORKER_LISTEN", true)?,
+            shutdown_timeout: millis(
+                src,
+                "WORKER_SHUTDOWN_TIMEOUT_MS",
+                DEFAULT_SHUTDOWN_TIMEOUT_MS,
+            )?,
+            metrics_port: match src.get("METRICS_PORT") {
+                None => None,
+                Some(_) => Some(parse_or(src, "METRICS_PORT", 0u16)?),
+            },
+            maintenance: MaintenanceSettings {
+                rescue_interval: millis(
+                    src,
+                    "WORKER_RESCUE_INTERVAL_MS",
+                    DEFAULT_RESCUE_INTERVAL_MS,
+                )?,
+                schedule_interval: millis(
+                    src,
+                    "WORKER_SCHEDULE_INTERVAL_MS",
+                    DEFAULT_SCHEDULE_INTERVAL_MS,
+                )?,
+                prune_interval: millis(src, "WORKER_PRUNE_INTERVAL_MS", DEFAULT_PRUNE_INTERVAL_MS)?,
+                retention: match src.get("JOB_RETENTION_SECS") {
+                    Some(_) => Duration::from_secs(positive(src, "JOB_RETENTION_SECS", 1)?),
+                    None => Duration::from_secs(
+                        3600 * positive(src, "JOB_RETENTION_HOURS", DEFAULT_RETENTION_HOURS)?,
+                    ),
+                },
+                worker_ttl: millis(src, "WORKER_TTL_MS", DEFAULT_WORKER_TTL_MS)?,
+            },
+            periodic,
+        })
+    }
+
+    /// Job slots over all queues.
+    pub fn total_concurrency(&self) -> usize {
+        self.queues.iter().map(|(_, n)| n).sum()
+    }
+}
+
+/// `email,uploads:4`: queue names, each optionally with its own slot count.
+fn parse_queues(raw: &str, default_slots: usize) -> Result<Vec<(String, usize)>, ConfigError> {
+    let mut out: Vec<(String, usize)> = Vec::new();
+    for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, slots) = match part.split_once(':') {
+            Some((n, s)) => (
+                n.trim(),
+                s.trim()
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|&s| s > 0)
+                    .ok_or_else(|| {
+                        ConfigError::new(
+                            "WORKER_QUEUES",
+                            format!("{part:?}: slots must be a positive integer"),
+                        )
+                    })?,
+            ),
+            None => (part, default_slots),
+        };
+        let valid = !name.is_empty()
+            && name.len() <= 128
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+        if !valid {
+            return Err(ConfigError::new(
+                "WORKER_QUEUES",
+                format!("{name:?} is not a queue name (letters, digits, _ - .)"),
+            ));
+        }
+        if out.iter().any(|(n, _)| n == name) {
+            return Err(ConfigError::new(
+                "WORKER_QUEUES",
+                format!("{name:?} is listed twice"),
+            ));
+        }
+        out.push((name.to_owned(), slots));
+    }
+    if out.is_empty() {
+        return Err(ConfigError::new("WORKER_QUEUES", "names no queue"));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(
+        env: &[(&str, &str)],
+        queues: Option<&str>,
+        conc: Option<&str>,
+    ) -> Result<WorkerSettings, ConfigError> {
+        let mut all = vec![("DATABASE_URL", "postgres://u@localhost/db")];
+        all.extend_from_slice(env);
+        WorkerSettings::from_source(&all[..], queues.map(Into::into), conc.map(Into::into))
+    }
+
+    #[test]
+    fn flags_win_over_env_and_queues_take_slot_counts() {
+        let s = settings(
+            &[("WORKER_QUEUES", "x"), ("WORKER_CONCURRENCY", "2")],
+            Some("email, uploads:4"),
+            Some("8"),
+        )
+        .unwrap();
+        assert_eq!(
+            s.queues,
+            vec![("email".to_string(), 8), ("uploads".to_string(), 4)]
+        );
+        assert_eq!(s.total_concurrency(), 12);
+        let s = settings(
+            &[("WORKER_QUEUES", "x"), ("WORKER_CONCURRENCY", "2")],
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(s.queues, vec![("x".to_string(), 2)]);
+    }
+
+    #[test]
+    fn each_bad_setting_is_named() {
+        for (env, queues, conc, name) in [
+            (vec![], Some("a,a"), None, "WORKER_QUEUES"),
+            (vec![], Some("a b"), None, "WORKER_QUEUES"),
+            (vec![], Some("a:0"), None, "WORKER_QUEUES"),
+            (vec![], None, Some("many"), "WORKER_CONCURRENCY"),
+            (
+                vec![("WORKER_CONCURRENCY", "0")],
+                None,
+                None,
+                "WORKER_CONCURRENCY",
+            ),
+            (
+                vec![("WORKER_LEASE_MS", "10")],
+                None,
+                None,
+                "WORKER_LEASE_MS",
+            ),
+            (vec![("METRICS_PORT", "99999")], None, None, "METRICS_PORT"),
+            (
+                vec![("WORKER_LISTEN", "maybe")],
+                None,
+                None,
+                "WORKER_LISTEN",
+            ),
+            (
+                vec![(
+                    "PERIODIC_JOBS",
+                    r#"[{"name":"t","cron":"nope","kind":"noop"}]"#,
+                )],
+                None,
+                None,
+                "PERIODIC_JOBS",
+            ),
+            (
+                vec![(
+                    "PERIODIC_JOBS",
+                    r#"[{"name":"t","cron":"* * * * *","kind":"nope"}]"#,
+                )],
+                None,
+                None,
+                "PERIODIC_JOBS",
+            ),
+        ] {
+            let err = settings(&env, queues, conc).unwrap_err();
+            assert_eq!(err.name, name, "{err}");
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! Job handlers: one module per kind, and the table that maps each registered kind to its
+//! handler. The worker refuses to start if a registered kind has no handler.
+
+pub mod noop;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::jobs::{JobArgs, KINDS, KindSpec};
+use common::queue::FetchedJob;
+use futures::future::BoxFuture;
+
+/// What a handler tells the queue when it does not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// A transient failure: retry with the kind's backoff.
+    #[error("{0}")]
+    Retry(String),
+    /// A transient failure with a known wait (e.g. HTTP 429 Retry-After).
+    #[error("{message} (retry after {after:?})")]
+    RetryAfter {
+        /// What went wrong.
+        message: String,
+        /// How long to wait.
+        after: Duration,
+    },
+    /// A failure that retrying cannot fix: discard now.
+    #[error("{0}")]
+    Permanent(String),
+    /// Not now: run again after this long, without using up an attempt.
+    #[error("snoozed for {0:?}")]
+    Snooze(Duration),
+    /// Give up on the job: cancelled, with the reason.
+    #[error("cancelled: {0}")]
+    Cancel(String),
+    /// The attempt ran past the kind's timeout.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// The args in the row do not parse as the kind's args.
+    #[error("bad args: {0}")]
+    BadArgs(String),
+    /// No handler for the row's kind in this worker.
+    #[error("no handler for kind {0:?} in this worker")]
+    UnknownKind(String),
+}
+
+/// What a handler returns: an optional result to store, or what to do instead.
+pub type JobResult = Result<Option<serde_json::Value>, JobError>;
+
+/// What a handler may know about the job it runs.
+#[derive(Debug, Clone)]
+pub struct JobContext {
+    /// The job's id.
+    pub id: i64,
+    /// This attempt (1-based).
+    pub attempt: i32,
+    /// The job's meta (request id and the like), parsed.
+    pub meta: serde_json::Value,
+}
+
+type BoxHandler = Arc<dyn Fn(FetchedJob) -> BoxFuture<'static, JobResult> + Send + Sync>;
+
+/// The handler of each kind, with the kind's spec.
+#[derive(Clone, Default)]
+pub struct Handlers {
+    by_kind: Arc<HashMap<&'static str, (&'static KindSpec, BoxHandler)>>,
+}
+
+impl Handlers {
+    /// Every handler this worker has; one per registered kind.
+    pub fn all() -> anyhow::Result<Self> {
+        let mut h = Handlers::default();
+        h.register::<common::jobs::noop::Noop, _, _>(noop::run)?;
+        h.check_complete()?;
+        Ok(h)
+    }
+
+    /// Add the handler of `A`'s kind. Fails for a kind the registry does not know or one that
+    /// already has a handler.
+    pub fn register<A, F, Fut>(&mut self, handler: F) -> anyhow::Result<()>
+    where
+        A: JobArgs,
+        F: Fn(A, JobContext) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = JobResult> + Send + 'static,
+    {
+        let spec = common::jobs::kind(A::KIND)?;
+        let handler = Arc::new(handler);
+        let run: BoxHandler = Arc::new(move |job: FetchedJob| {
+            let handler = handler.clone();
+            Box::pin(async move {
+                let args: A = serde_json::from_str(&job.args.0)
+                    .map_err(|e| JobError::BadArgs(e.to_string()))?;
+                let meta = serde_json::from_str(&job.meta.0).unwrap_or_default();
+                handler(
+                    args,
+                    JobContext {
+                        id: job.id,
+                        attempt: job.attempt,
+                        meta,
+                    },
+                )
+                .await
+            })
+        });
+        let by_kind = Arc::get_mut(&mut self.by_kind)
+            .expect("handlers are registered before they are shared");
+        if by_kind.insert(spec.name, (spec, run)).is_some() {
+            anyhow::bail!("kind {:?} has two handlers", spec.name);
+        }
+        Ok(())
+    }
+
+    /// Fail unless every registered kind has a handler.
+    pub fn check_complete(&self) -> anyhow::Result<()> {
+        let missing: Vec<_> = KINDS
+            .iter()
+            .map(|k| k.name)
+            .filter(|k| !self.by_kind.contains_key(k))
+            .collect();
+        anyhow::ensure!(missing.is_empty(), "job kinds with no handler: {missing:?}");
+        Ok(())
+    }
+
+    /// The spec of `kind`, if this worker handles it.
+    pub fn spec(&self, kind: &str) -> Option<&'static KindSpec> {
+        self.by_kind.get(kind).map(|(s, _)| *s)
+    }
+
+    /// Run `job` under its kind's timeout.
+    pub async fn run(&self, job: FetchedJob) -> JobResult {
+        let Some((spec, handler)) = self.by_kind.get(job.kind.as_str()) else {
+            return Err(JobError::UnknownKind(job.kind.clone()));
+        };
+        match tokio::time::timeout(spec.timeout, handler(job)).await {
+            Ok(result) => result,
+            Err(_) => Err(JobError::Timeout(spec.timeout)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_a_handler_and_every_handler_a_kind() {
+        let h = Handlers::all().unwrap();
+        assert_eq!(h.by_kind.len(), KINDS.len());
+    }
+}

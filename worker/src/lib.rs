@@ -1,0 +1,196 @@
+//! Quayside's worker: apalis workers over the PostgreSQL job queue.
+//!
+//! Per queue: a [`producer`] fetches jobs in batches for the free slots and feeds an apalis
+//! worker through our [`backend`]; the backend's layer decides each job's outcome and hands it
+//! to the [`completer`], which writes outcomes in batches. Per process: a [`notifier`]
+//! (LISTEN) wakes the producers, the [`lease`] loop renews the leases of held jobs and the
+//! worker's heartbeat, and [`maintenance`] runs the rescuer, scheduler, pruner and periodic
+//! jobs. On shutdown, fetching stops, in-flight jobs get until the deadline, and whatever is
+//! still held is handed back to the queue as available.
+
+pub mod backend;
+pub mod completer;
+pub mod config;
+pub mod handlers;
+pub mod lease;
+pub mod maintenance;
+pub mod metrics;
+pub mod notifier;
+pub mod producer;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use apalis::layers::WorkerBuilderExt;
+use apalis::layers::catch_panic::CatchPanicLayer;
+use apalis_core::error::BoxDynError;
+use apalis_core::monitor::Monitor;
+use apalis_core::task::data::Data;
+use apalis_core::worker::builder::WorkerBuilder;
+use common::queue::FetchedJob;
+use common::queue::maintenance::WorkerInfo;
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::QueueBackend;
+use crate::completer::Completer;
+use crate::config::WorkerSettings;
+use crate::handlers::Handlers;
+use crate::lease::Held;
+use crate::producer::Producer;
+
+/// A new worker id: host, pid and a random suffix, unique per process start (containers
+/// reuse host names and pids).
+pub fn new_worker_id() -> String {
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{}-{}", std::process::id(), &suffix[..8])
+}
+
+/// Run the worker until `stop` is cancelled, then shut down gracefully.
+pub async fn run(settings: WorkerSettings, stop: CancellationToken) -> anyhow::Result<()> {
+    let handlers = Handlers::all()?;
+    let pool = common::db::pool(&settings.database)?;
+    let applied = common::db::migrate(&pool).await?;
+    let info = Arc::new(WorkerInfo {
+        id: new_worker_id(),
+        host: gethostname::gethostname().to_string_lossy().into_owned(),
+        pid: std::process::id() as i32,
+        queues: settings.queues.iter().map(|(q, _)| q.clone()).collect(),
+        concurrency: settings.total_concurrency() as i32,
+    });
+    let worker: Arc<str> = info.id.as_str().into();
+    common::queue::maintenance::heartbeat(&pool.get().await?, &info, 0).await?;
+    tracing::info!(worker.id = %worker, queues = ?info.queues, concurrency = info.concurrency, migrations_applied = applied, "worker started");
+
+    // Background services stop on `services`; fetching stops on `stop` itself.
+    let services = CancellationToken::new();
+    let held = Arc::new(Held::default());
+    let (completer, completer_handle) = Completer::new(
+        pool.clone(),
+        worker.clone(),
+        held.clone(),
+        4 * settings.total_concurrency().max(1000),
+    );
+    let completer_stop = CancellationToken::new();
+    let completer_task = tokio::spawn(completer.run(completer_stop.clone()));
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut wakers = HashMap::new();
+    let mut monitor = Monitor::new().shutdown_timeout(settings.shutdown_timeout);
+    for (queue, slots) in &settings.queues {
+        let queue: Arc<str> = queue.as_str().into();
+        let sem = Arc::new(Semaphore::new(*slots));
+        let (tx, rx) = mpsc::channel::<FetchedJob>(*slots);
+        let wake = Arc::new(Notify::new());
+        wakers.insert(queue.to_string(), wake.clone());
+        let producer = Producer {
+            queue: queue.clone(),
+            pool: pool.clone(),
+            worker: worker.clone(),
+            lease: settings.lease,
+            batch: settings.fetch_batch,
+            poll_interval: settings.poll_interval,
+            slots: sem.clone(),
+            tx,
+            wake,
+            held: held.clone(),
+        };
+        tasks.spawn(producer.run(stop.clone()));
+        let backend = QueueBackend::new(rx, sem, completer_handle.clone(), handlers.clone());
+        let name = format!("{worker}/{queue}");
+        let handlers = handlers.clone();
+        let slots = *slots;
+        monitor = monitor.register(move |_| {
+            WorkerBuilder::new(name.clone())
+                .backend(backend.clone())
+                .data(handlers.clone())
+                .layer(CatchPanicLayer::with_panic_handler(backend::on_panic))
+                .concurrency(slots)
+                .build(dispatch)
+        });
+    }
+    drop(completer_handle);
+    if settings.listen {
+        tasks.spawn(notifier::run(
+            settings.database.pg_config(),
+            wakers,
+            services.clone(),
+        ));
+    }
+    tasks.spawn(lease::run(
+        pool.clone(),
+        info.clone(),
+        held.clone(),
+        settings.lease,
+        services.clone(),
+    ));
+    tasks.spawn(maintenance::run(
+        pool.clone(),
+        worker.clone(),
+        settings.maintenance.clone(),
+        services.clone(),
+    ));
+    tasks.spawn(maintenance::periodic::run(
+        pool.clone(),
+        settings.periodic.clone(),
+        services.clone(),
+    ));
+
+    let signal = {
+        let stop = stop.clone();
+        async move {
+            stop.cancelled().await;
+            tracing::info!("shutting down: no new jobs; waiting for jobs in flight");
+            Ok(())
+        }
+    };
+    if let Err(e) = monitor.run_with_signal(signal).await {
+        tracing::error!(error = %e, "worker monitor failed");
+    }
+
+    // Every apalis worker has stopped: write the outcomes still queued, then hand back what is
+    // held (jobs cut off by the deadline, and fetched jobs that never started).
+    completer_stop.cancel();
+    let _ = completer_task.await;
+    let rest = held.ids();
+    if !rest.is_empty() {
+        match handback(&pool, &rest, &worker).await {
+            Ok(n) => tracing::info!(
+                num_handed_back = n,
+                "handed unfinished jobs back to the queue"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, num_jobs = rest.len(), "cannot hand jobs back; they will be rescued when their leases expire")
+            }
+        }
+    }
+    services.cancel();
+    while tasks.join_next().await.is_some() {}
+    if let Ok(conn) = pool.get().await {
+        let _ = common::queue::maintenance::deregister(&conn, &worker).await;
+    }
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+async fn handback(
+    pool: &deadpool_postgres::Pool,
+    ids: &[i64],
+    worker: &str,
+) -> anyhow::Result<u64> {
+    let conn = tokio::time::timeout(Duration::from_secs(5), pool.get()).await??;
+    Ok(common::queue::fetch::hand_back(&conn, ids, worker).await?)
+}
+
+/// The apalis handler of every queue: run the job's kind.
+async fn dispatch(
+    job: FetchedJob,
+    handlers: Data<Handlers>,
+) -> Result<serde_json::Value, BoxDynError> {
+    match handlers.run(job).await {
+        Ok(result) => Ok(result.unwrap_or(serde_json::Value::Null)),
+        Err(e) => Err(Box::new(e)),
+    }
+}

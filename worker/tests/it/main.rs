@@ -1,0 +1,6 @@
+//! Worker integration tests against a real PostgreSQL: in-process workers for outcomes, and
+//! the real `worker` binary for signals, kills and multi-process runs.
+
+mod harness;
+mod outcomes;
+mod processes;

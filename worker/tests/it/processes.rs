@@ -1,0 +1,1 @@
+//! The real `worker` binary: many processes, kill -9, SIGTERM, database restarts.
