@@ -213,6 +213,8 @@ fn shared_cluster() -> String {
         url = url_file.display(),
         lock = root.join(format!("{key}.lock")).display(),
     );
+    // Deliberately never waited for: the watchdog must outlive this process.
+    #[allow(clippy::zombie_processes)]
     Command::new("setsid")
         .args(["sh", "-c", &script])
         .stdin(Stdio::null())

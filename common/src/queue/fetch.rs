@@ -28,7 +28,7 @@ UPDATE jobs
           ORDER BY priority, run_at, id
           LIMIT $4
           FOR UPDATE SKIP LOCKED))
-RETURNING id, kind, args, attempt, max_attempts, run_at, meta";
+RETURNING id, kind, args, attempt, max_attempts, run_at, meta, priority";
 
 /// Claim up to `limit` available jobs of `queue` for `worker`, leased for `lease`.
 pub async fn fetch(
@@ -48,7 +48,8 @@ pub async fn fetch(
     let mut jobs = rows
         .iter()
         .map(|r| {
-            Ok(FetchedJob {
+            let priority: i16 = r.try_get(7)?;
+            let job = FetchedJob {
                 id: r.try_get(0)?,
                 queue: queue.clone(),
                 kind: r.try_get(1)?,
@@ -57,12 +58,13 @@ pub async fn fetch(
                 max_attempts: r.try_get(4)?,
                 run_at: r.try_get(5)?,
                 meta: r.try_get(6)?,
-            })
+            };
+            Ok((priority, job))
         })
         .collect::<Result<Vec<_>>>()?;
     // UPDATE ... RETURNING gives no order; hand jobs out in the order the queue promised.
-    jobs.sort_unstable_by_key(|j| j.id);
-    Ok(jobs)
+    jobs.sort_unstable_by_key(|(priority, j)| (*priority, j.run_at, j.id));
+    Ok(jobs.into_iter().map(|(_, j)| j).collect())
 }
 
 const RENEW: &str = "
