@@ -1,5 +1,6 @@
 //! The worker's settings: flags and environment, validated into one typed struct.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use common::config::{ConfigError, DatabaseSettings, Source, boolean, millis, parse_or, positive};
@@ -28,6 +29,9 @@ pub struct WorkerSettings {
     pub maintenance: MaintenanceSettings,
     /// Periodic jobs from configuration (`PERIODIC_JOBS`, a JSON list).
     pub periodic: Vec<PeriodicJob>,
+    /// Per-kind overrides of the registry's attempt timeout (`KIND_TIMEOUTS_MS`,
+    /// `kind=ms,kind=ms`).
+    pub kind_timeouts: HashMap<String, Duration>,
 }
 
 /// Intervals of the maintenance services; each pass runs once per interval across all workers.
@@ -171,6 +175,10 @@ impl WorkerSettings {
                 worker_ttl: millis(src, "WORKER_TTL_MS", DEFAULT_WORKER_TTL_MS)?,
             },
             periodic,
+            kind_timeouts: match src.get("KIND_TIMEOUTS_MS") {
+                None => HashMap::new(),
+                Some(raw) => parse_kind_timeouts(&raw)?,
+            },
         })
     }
 
@@ -178,6 +186,33 @@ impl WorkerSettings {
     pub fn total_concurrency(&self) -> usize {
         self.queues.iter().map(|(_, n)| n).sum()
     }
+}
+
+/// `noop=300,email=5000`: each a registered kind and its attempt timeout in milliseconds.
+fn parse_kind_timeouts(raw: &str) -> Result<HashMap<String, Duration>, ConfigError> {
+    let bad = |message: String| ConfigError::new("KIND_TIMEOUTS_MS", message);
+    let mut out = HashMap::new();
+    for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (kind, ms) = part
+            .split_once('=')
+            .ok_or_else(|| bad(format!("{part:?} is not kind=milliseconds")))?;
+        let kind = common::jobs::kind(kind.trim())
+            .map_err(|e| bad(format!("{part:?}: {e}")))?
+            .name;
+        let ms = ms
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|&ms| ms > 0)
+            .ok_or_else(|| bad(format!("{part:?}: milliseconds must be a positive integer")))?;
+        if out
+            .insert(kind.to_owned(), Duration::from_millis(ms))
+            .is_some()
+        {
+            return Err(bad(format!("{kind:?} is listed twice")));
+        }
+    }
+    Ok(out)
 }
 
 /// `email,uploads:4`: queue names, each optionally with its own slot count.
@@ -308,6 +343,33 @@ mod tests {
         ] {
             let err = settings(&env, queues, conc).unwrap_err();
             assert_eq!(err.name, name, "{err}");
+        }
+    }
+
+    #[test]
+    fn kind_timeouts_parse_and_bad_ones_are_named() {
+        let s = settings(&[("KIND_TIMEOUTS_MS", " noop = 300 ,")], None, None).unwrap();
+        assert_eq!(
+            s.kind_timeouts,
+            HashMap::from([("noop".to_string(), Duration::from_millis(300))])
+        );
+        assert!(settings(&[], None, None).unwrap().kind_timeouts.is_empty());
+        for bad in [
+            "noop",
+            "noop=",
+            "noop=0",
+            "noop=-5",
+            "noop=soon",
+            "nope=300",
+            "noop=300,noop=400",
+        ] {
+            let err = settings(&[("KIND_TIMEOUTS_MS", bad)], None, None).unwrap_err();
+            assert_eq!(err.name, "KIND_TIMEOUTS_MS", "{bad}: {err}");
+            let line = err.to_string();
+            assert!(
+                line.contains("KIND_TIMEOUTS_MS") && !line.contains('\n'),
+                "{bad}: {line}"
+            );
         }
     }
 }

@@ -65,6 +65,8 @@ type BoxHandler = Arc<dyn Fn(FetchedJob) -> BoxFuture<'static, JobResult> + Send
 #[derive(Clone, Default)]
 pub struct Handlers {
     by_kind: Arc<HashMap<&'static str, (&'static KindSpec, BoxHandler)>>,
+    /// Per-kind timeouts that override the registry's (`KIND_TIMEOUTS_MS`).
+    timeouts: Arc<HashMap<String, Duration>>,
 }
 
 impl Handlers {
@@ -74,6 +76,18 @@ impl Handlers {
         h.register::<common::jobs::noop::Noop, _, _>(noop::run)?;
         h.check_complete()?;
         Ok(h)
+    }
+
+    /// Override the timeout of the kinds in `timeouts`; the others keep their registry's.
+    pub fn with_timeouts(mut self, timeouts: HashMap<String, Duration>) -> Self {
+        self.timeouts = Arc::new(timeouts);
+        self
+    }
+
+    /// The timeout of one attempt of `kind`: the override if there is one, else the spec's.
+    pub fn timeout(&self, kind: &str) -> Option<Duration> {
+        let (spec, _) = self.by_kind.get(kind)?;
+        Some(self.timeouts.get(kind).copied().unwrap_or(spec.timeout))
     }
 
     /// Add the handler of `A`'s kind. Fails for a kind the registry does not know or one that
@@ -127,14 +141,19 @@ impl Handlers {
         self.by_kind.get(kind).map(|(s, _)| *s)
     }
 
-    /// Run `job` under its kind's timeout.
+    /// Run `job` under its kind's timeout (or its override).
     pub async fn run(&self, job: FetchedJob) -> JobResult {
         let Some((spec, handler)) = self.by_kind.get(job.kind.as_str()) else {
             return Err(JobError::UnknownKind(job.kind.clone()));
         };
-        match tokio::time::timeout(spec.timeout, handler(job)).await {
+        let timeout = self
+            .timeouts
+            .get(job.kind.as_str())
+            .copied()
+            .unwrap_or(spec.timeout);
+        match tokio::time::timeout(timeout, handler(job)).await {
             Ok(result) => result,
-            Err(_) => Err(JobError::Timeout(spec.timeout)),
+            Err(_) => Err(JobError::Timeout(timeout)),
         }
     }
 }
@@ -147,5 +166,17 @@ mod tests {
     fn every_kind_has_a_handler_and_every_handler_a_kind() {
         let h = Handlers::all().unwrap();
         assert_eq!(h.by_kind.len(), KINDS.len());
+    }
+
+    #[test]
+    fn timeouts_are_overridden_per_kind() {
+        let h = Handlers::all().unwrap();
+        assert_eq!(h.timeout("noop"), Some(common::jobs::noop::SPEC.timeout));
+        let h = h.with_timeouts(HashMap::from([(
+            "noop".to_string(),
+            Duration::from_millis(300),
+        )]));
+        assert_eq!(h.timeout("noop"), Some(Duration::from_millis(300)));
+        assert_eq!(h.timeout("nope"), None);
     }
 }

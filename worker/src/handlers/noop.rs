@@ -9,6 +9,14 @@ use super::{JobContext, JobError, JobResult};
 
 /// Run one `noop` job.
 pub async fn run(args: Noop, ctx: JobContext) -> JobResult {
+    if args.report_start == Some(true) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        return Ok(Some(
+            serde_json::json!({"started_at_us": now.as_micros() as u64}),
+        ));
+    }
     if let Some(ms) = args.snooze_ms {
         let snoozed = ctx
             .meta

@@ -149,3 +149,28 @@ pub async fn wait_count(db: &TestDb, sql: &str, want: i64, timeout: Duration) {
     })
     .await
 }
+
+/// `env` with `key` set to `value`, replacing any earlier value (the in-process settings
+/// source takes the first match, a process the last: one value avoids both surprises).
+pub fn with_env(
+    mut env: Vec<(&'static str, String)>,
+    key: &'static str,
+    value: impl Into<String>,
+) -> Vec<(&'static str, String)> {
+    env.retain(|(k, _)| *k != key);
+    env.push((key, value.into()));
+    env
+}
+
+/// Enqueue one noop job with `args` and `opts`; returns its id.
+pub async fn enqueue_noop(db: &TestDb, args: serde_json::Value, opts: JobOptions) -> i64 {
+    common::queue::enqueue(
+        &db.conn().await,
+        &NewJob::from_json("noop", args)
+            .expect("noop args")
+            .with(opts),
+    )
+    .await
+    .expect("enqueue")
+    .id
+}

@@ -2,5 +2,6 @@
 //! the real `worker` binary for signals, kills and multi-process runs.
 
 mod harness;
+mod maintenance;
 mod outcomes;
 mod processes;

@@ -1,1 +1,322 @@
-//! The real `worker` binary: many processes, kill -9, SIGTERM, database restarts.
+//! The real `worker` binary: many processes, kill -9, SIGTERM, database restarts; and the
+//! worker's view of schedules, pauses and timeouts.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use common::config::DatabaseSettings;
+use common::queue::{JobOptions, JobState, control};
+use common::testing::{PrivateCluster, TestDb, wait_for};
+use serde_json::json;
+
+use crate::harness::{
+    InProcess, Process, enqueue_noop, enqueue_noops, fast_env, wait_count, wait_final, with_env,
+};
+
+/// The worker id running job `id`, once it runs.
+async fn running_under(db: &TestDb, id: i64, timeout: Duration) -> String {
+    wait_for(&format!("job {id} to run"), timeout, || async {
+        control::get(&db.conn().await, id)
+            .await
+            .expect("get")
+            .filter(|j| j.state == JobState::Running)
+            .and_then(|j| j.attempted_by)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn four_processes_run_every_job_exactly_once() {
+    const JOBS: i64 = 20_000;
+    let db = TestDb::new().await;
+    // A long lease: this test is about fetch races, not about rescues under a loaded CI box.
+    let env = with_env(fast_env(&db.url), "WORKER_CONCURRENCY", "50");
+    let env = with_env(env, "WORKER_LEASE_MS", "30000");
+    let procs: Vec<Process> = (0..4).map(|_| Process::start(&env, &[])).collect();
+    wait_count(
+        &db,
+        "SELECT count(*) FROM workers",
+        4,
+        Duration::from_secs(20),
+    )
+    .await;
+
+    let ids = enqueue_noops(&db, "default", JOBS as usize, json!({})).await;
+    assert_eq!(ids.len() as i64, JOBS);
+    wait_count(
+        &db,
+        "SELECT count(*) FROM jobs WHERE state = 'completed'",
+        JOBS,
+        Duration::from_secs(90),
+    )
+    .await;
+
+    // Every row completed by its first attempt: no job was fetched twice.
+    let wrong: i64 = db
+        .scalar(
+            "SELECT count(*) FROM jobs
+              WHERE state <> 'completed' OR attempt <> 1 OR errors <> '[]'
+                 OR lease_expires_at IS NOT NULL OR finished_at IS NULL",
+        )
+        .await;
+    assert_eq!(wrong, 0, "jobs not completed exactly once");
+    let total: i64 = db.scalar("SELECT count(*) FROM jobs").await;
+    assert_eq!(total, JOBS);
+    let workers: i64 = db
+        .scalar("SELECT count(DISTINCT attempted_by) FROM jobs")
+        .await;
+    assert_eq!(workers, 4, "every process took a share");
+
+    for p in &procs {
+        p.signal("-TERM");
+    }
+    for p in procs {
+        assert_eq!(p.wait(Duration::from_secs(15)).await, Some(0));
+    }
+    wait_count(
+        &db,
+        "SELECT count(*) FROM workers",
+        0,
+        Duration::from_secs(1),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_killed_workers_job_is_rescued_and_run_by_another() {
+    let db = TestDb::new().await;
+    let env = fast_env(&db.url); // 2 s lease, rescue every 300 ms
+    let first = Process::start(&env, &[]);
+    let id = enqueue_noop(&db, json!({"sleep_ms": 1500}), JobOptions::default()).await;
+    let killed = running_under(&db, id, Duration::from_secs(20)).await;
+    first.signal("-KILL");
+    assert_eq!(first.wait(Duration::from_secs(5)).await, None, "killed");
+    let row = control::get(&db.conn().await, id).await.unwrap().unwrap();
+    assert_eq!(
+        (row.state, row.attempt),
+        (JobState::Running, 1),
+        "the job was cut off mid-run"
+    );
+
+    let _second = Process::start(&env, &[]);
+    let job = wait_final(&db, id, Duration::from_secs(20)).await;
+    assert_eq!((job.state, job.attempt), (JobState::Completed, 2));
+    assert_eq!(job.errors.len(), 1, "{:?}", job.errors);
+    assert_eq!(job.errors[0].kind, "lease_expired");
+    assert_eq!(job.errors[0].attempt, 1);
+    assert!(
+        job.errors[0].message.contains(&killed),
+        "{}",
+        job.errors[0].message
+    );
+    let by = job.attempted_by.expect("attempted_by");
+    assert_ne!(by, killed, "completed by the second worker");
+    // The rescue came after the lease ran out, not before.
+    assert!(job.errors[0].at >= row.lease_expires_at.expect("leased"));
+}
+
+#[tokio::test]
+async fn sigterm_lets_jobs_in_flight_finish_and_leaves_the_rest_available() {
+    let db = TestDb::new().await;
+    let p = Process::start(&fast_env(&db.url), &["--concurrency", "4"]);
+    let ids = enqueue_noops(&db, "default", 8, json!({"sleep_ms": 1000})).await;
+    wait_count(
+        &db,
+        "SELECT count(*) FROM jobs WHERE state = 'running'",
+        4,
+        Duration::from_secs(20),
+    )
+    .await;
+    p.signal("-TERM");
+    assert_eq!(p.wait(Duration::from_secs(10)).await, Some(0));
+
+    let c = db.conn().await;
+    let counts = control::count_by_state(&c, None).await.unwrap();
+    assert_eq!(counts.get("completed"), Some(&4), "{counts:?}");
+    assert_eq!(counts.get("available"), Some(&4), "{counts:?}");
+    assert_eq!(counts.len(), 2, "{counts:?}");
+    for id in ids {
+        let j = control::get(&c, id).await.unwrap().unwrap();
+        match j.state {
+            JobState::Completed => assert_eq!(j.attempt, 1),
+            _ => assert_eq!((j.attempt, j.attempted_by), (0, None), "never fetched"),
+        }
+        assert!(j.errors.is_empty());
+    }
+    let workers: i64 = db.scalar("SELECT count(*) FROM workers").await;
+    assert_eq!(workers, 0, "deregistered on the way out");
+}
+
+#[tokio::test]
+async fn sigterm_hands_back_jobs_that_outlive_the_shutdown_timeout() {
+    let db = TestDb::new().await;
+    let env = with_env(fast_env(&db.url), "WORKER_SHUTDOWN_TIMEOUT_MS", "500");
+    let p = Process::start(&env, &["--concurrency", "2"]);
+    let ids = enqueue_noops(&db, "default", 2, json!({"sleep_ms": 10_000})).await;
+    wait_count(
+        &db,
+        "SELECT count(*) FROM jobs WHERE state = 'running'",
+        2,
+        Duration::from_secs(20),
+    )
+    .await;
+    let sent = std::time::Instant::now();
+    p.signal("-TERM");
+    assert_eq!(p.wait(Duration::from_secs(5)).await, Some(0));
+    assert!(sent.elapsed() < Duration::from_secs(5));
+
+    let c = db.conn().await;
+    for id in ids {
+        let j = control::get(&c, id).await.unwrap().unwrap();
+        assert_eq!(
+            (j.state, j.attempt, j.lease_expires_at, j.finished_at),
+            (JobState::Available, 0, None, None),
+            "job {id} handed back without using up an attempt"
+        );
+        assert!(j.errors.is_empty(), "{:?}", j.errors);
+    }
+}
+
+#[tokio::test]
+async fn a_database_restart_under_a_running_worker_loses_nothing() {
+    let (pg, url) = PrivateCluster::start().await;
+    let db = TestDb {
+        pool: common::db::pool(&DatabaseSettings::for_url(&url)).unwrap(),
+        name: "quayside".into(),
+        url,
+    };
+    let p = Process::start(&fast_env(&db.url), &["--concurrency", "4"]);
+    // About 2.5 s of work, so jobs are in flight when the server goes down.
+    enqueue_noops(&db, "default", 200, json!({"sleep_ms": 50})).await;
+    wait_for("some progress", Duration::from_secs(20), || async {
+        let n: i64 = db
+            .scalar("SELECT count(*) FROM jobs WHERE state = 'completed'")
+            .await;
+        (n >= 20).then_some(())
+    })
+    .await;
+    // The test cluster commits asynchronously; flush so the enqueue survives the crash.
+    db.conn().await.batch_execute("CHECKPOINT").await.unwrap();
+    // Blocks this test's runtime for the restart; the worker is another process.
+    pg.cluster.restart().expect("restart");
+
+    // The test's own pool reconnects too, after a broken connection or two.
+    wait_for(
+        "enqueue after the restart",
+        Duration::from_secs(20),
+        || async {
+            let conn = db.pool.get().await.ok()?;
+            let jobs: Vec<_> = (0..100)
+                .map(|_| common::queue::NewJob::from_json("noop", json!({})).unwrap())
+                .collect();
+            common::queue::enqueue_many(&conn, &jobs).await.ok()
+        },
+    )
+    .await;
+    wait_count(
+        &db,
+        "SELECT count(*) FROM jobs WHERE state = 'completed'",
+        300,
+        Duration::from_secs(60),
+    )
+    .await;
+    let total: i64 = db.scalar("SELECT count(*) FROM jobs").await;
+    assert_eq!(total, 300);
+    p.signal("-TERM");
+    assert_eq!(
+        p.wait(Duration::from_secs(10)).await,
+        Some(0),
+        "the worker lived through the restart"
+    );
+}
+
+#[tokio::test]
+async fn a_scheduled_job_waits_for_its_time() {
+    let db = TestDb::new().await;
+    let w = InProcess::start(&fast_env(&db.url), "default", 4);
+    let run_at = Utc::now() + chrono::Duration::milliseconds(1500);
+    let id = enqueue_noop(
+        &db,
+        json!({}),
+        JobOptions {
+            run_at: Some(run_at),
+            ..Default::default()
+        },
+    )
+    .await;
+    let j = control::get(&db.conn().await, id).await.unwrap().unwrap();
+    assert_eq!(j.state, JobState::Scheduled);
+    let j = wait_final(&db, id, Duration::from_secs(15)).await;
+    assert_eq!((j.state, j.attempt), (JobState::Completed, 1));
+    assert!((j.run_at - run_at).num_milliseconds().abs() < 1);
+    let started = j.attempted_at.expect("attempted_at");
+    assert!(started >= j.run_at, "started {started} before {}", j.run_at);
+    // Promoted by the 100 ms scheduler: late by well under a few seconds.
+    assert!(
+        started - j.run_at < chrono::Duration::seconds(3),
+        "started {started} for {}",
+        j.run_at
+    );
+    w.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_paused_queue_keeps_its_jobs_until_resumed() {
+    let db = TestDb::new().await;
+    let w = InProcess::start(&fast_env(&db.url), "held,canary", 4);
+    control::pause(&db.conn().await, "held").await.unwrap();
+    enqueue_noops(&db, "held", 10, json!({})).await;
+    // The same worker serves another queue: once its job is done, the worker is up, has
+    // been notified of both enqueues and has polled.
+    let canary = enqueue_noops(&db, "canary", 1, json!({})).await[0];
+    wait_final(&db, canary, Duration::from_secs(20)).await;
+    // Stay paused over several poll intervals (200 ms) and the notifications.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let c = db.conn().await;
+    let counts = control::count_by_state(&c, Some("held")).await.unwrap();
+    assert_eq!(counts.get("available"), Some(&10), "{counts:?}");
+    assert_eq!(counts.len(), 1, "{counts:?}");
+    let fetched: i64 = db
+        .scalar("SELECT count(*) FROM jobs WHERE queue = 'held' AND attempt > 0")
+        .await;
+    assert_eq!(fetched, 0);
+
+    control::resume(&c, "held").await.unwrap();
+    wait_count(
+        &db,
+        "SELECT count(*) FROM jobs WHERE queue = 'held' AND state = 'completed' AND attempt = 1",
+        10,
+        Duration::from_secs(10),
+    )
+    .await;
+    w.shutdown().await;
+}
+
+#[tokio::test]
+async fn kind_timeouts_ms_overrides_the_kinds_timeout() {
+    let db = TestDb::new().await;
+    let env = with_env(fast_env(&db.url), "KIND_TIMEOUTS_MS", "noop=300");
+    let _p = Process::start(&env, &[]);
+    let once = JobOptions {
+        max_attempts: Some(1),
+        ..Default::default()
+    };
+    let slow = enqueue_noop(&db, json!({"sleep_ms": 2000}), once.clone()).await;
+    let quick = enqueue_noop(&db, json!({"sleep_ms": 10}), once).await;
+
+    let j = wait_final(&db, slow, Duration::from_secs(20)).await;
+    assert_eq!((j.state, j.attempt), (JobState::Discarded, 1));
+    assert_eq!(j.errors.len(), 1, "{:?}", j.errors);
+    assert_eq!(j.errors[0].kind, "timeout");
+    assert!(
+        j.errors[0].message.contains("300ms"),
+        "{}",
+        j.errors[0].message
+    );
+    // Cut off at the override, long before the 2 s sleep (or noop's 60 s) was up.
+    let ran = j.finished_at.unwrap() - j.attempted_at.unwrap();
+    assert!(ran < chrono::Duration::milliseconds(1500), "ran {ran}");
+
+    let j = wait_final(&db, quick, Duration::from_secs(20)).await;
+    assert_eq!(j.state, JobState::Completed);
+}

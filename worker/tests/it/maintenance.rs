@@ -1,0 +1,225 @@
+//! Maintenance across several workers: each pass once per interval, each periodic tick once,
+//! and the fence that refuses a rescued job's stale outcome.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::queue::maintenance::{enqueue_tick, rescue, runs};
+use common::queue::outcome::{AttemptOutcome, Outcome, record};
+use common::queue::{JobOptions, JobState, NewJob, control, fetch};
+use common::testing::{TestDb, wait_for};
+use serde_json::json;
+
+use crate::harness::{Process, enqueue_noop, fast_env, wait_count, with_env};
+
+#[tokio::test]
+async fn each_maintenance_pass_runs_once_per_interval_across_three_workers() {
+    let db = TestDb::new().await;
+    let env = with_env(fast_env(&db.url), "WORKER_PRUNE_INTERVAL_MS", "500");
+    // Every pass that can ever be counted happens after this instant.
+    let start = Instant::now();
+    let procs: Vec<Process> = (0..3).map(|_| Process::start(&env, &[])).collect();
+    wait_count(
+        &db,
+        "SELECT count(*) FROM workers",
+        3,
+        Duration::from_secs(20),
+    )
+    .await;
+    // All three race for every pass for a while (each tries four times per interval).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let c = db.conn().await;
+    let counts = (
+        runs(&c, "pruner").await.unwrap(),
+        runs(&c, "rescuer").await.unwrap(),
+        runs(&c, "scheduler").await.unwrap(),
+    );
+    let elapsed = start.elapsed().as_millis() as i64;
+    // Passes are at least an interval apart (by the database's clock), so at most one more
+    // than the intervals that fit in the time since the first worker started.
+    let most = |interval_ms: i64| elapsed / interval_ms + 1;
+    let (pruner, rescuer, scheduler) = counts;
+    assert!(
+        (2..=most(500)).contains(&pruner),
+        "pruner ran {pruner} times in {elapsed} ms"
+    );
+    assert!(
+        (1..=most(300)).contains(&rescuer),
+        "rescuer ran {rescuer} times in {elapsed} ms"
+    );
+    assert!(
+        (1..=most(100)).contains(&scheduler),
+        "scheduler ran {scheduler} times in {elapsed} ms"
+    );
+    drop(procs);
+}
+
+#[tokio::test]
+async fn a_periodic_job_is_enqueued_once_per_tick_by_three_workers() {
+    let db = TestDb::new().await;
+    let env = with_env(
+        fast_env(&db.url),
+        "PERIODIC_JOBS",
+        r#"[{"name":"tick","cron":"* * * * * *","kind":"noop","args":{}}]"#,
+    );
+    let procs: Vec<Process> = (0..3).map(|_| Process::start(&env, &[])).collect();
+    wait_count(
+        &db,
+        "SELECT count(*) FROM workers",
+        3,
+        Duration::from_secs(20),
+    )
+    .await;
+    // About four ticks with all three racing for each.
+    wait_for("four ticks", Duration::from_secs(20), || async {
+        let n: i64 = db
+            .scalar("SELECT count(*) FROM periodic_ticks WHERE name = 'tick'")
+            .await;
+        (n >= 4).then_some(())
+    })
+    .await;
+    for p in &procs {
+        p.signal("-TERM");
+    }
+    for p in procs {
+        assert_eq!(p.wait(Duration::from_secs(10)).await, Some(0));
+    }
+
+    let row = db
+        .conn()
+        .await
+        .query_one(
+            "SELECT (SELECT count(*) FROM periodic_ticks WHERE name = 'tick'),
+                    (SELECT count(*) FROM jobs WHERE meta->'periodic'->>'schedule' = 'tick'),
+                    (SELECT count(DISTINCT meta->'periodic'->>'tick') FROM jobs
+                      WHERE meta->'periodic'->>'schedule' = 'tick'),
+                    (SELECT count(*) FROM periodic_ticks t JOIN jobs j ON j.id = t.job_id
+                      WHERE t.name = 'tick' AND j.kind = 'noop'
+                        AND (j.meta->'periodic'->>'tick')::timestamptz = t.tick_at),
+                    (SELECT count(*) FROM jobs)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (ticks, jobs, distinct, matched, all): (i64, i64, i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+    assert!(ticks >= 4, "{ticks} ticks");
+    assert_eq!(jobs, ticks, "one job per tick");
+    assert_eq!(distinct, jobs, "no tick has two jobs");
+    assert_eq!(matched, ticks, "each tick names its own job");
+    assert_eq!(all, jobs, "no stray jobs");
+}
+
+#[tokio::test]
+async fn a_stale_workers_late_outcome_is_refused_after_a_rescue() {
+    let db = TestDb::new().await;
+    let c = db.conn().await;
+    let queue: Arc<str> = "default".into();
+    let id = enqueue_noop(&db, json!({}), JobOptions::default()).await;
+
+    let a = fetch::fetch(&c, &queue, "A", Duration::from_secs(1), 10)
+        .await
+        .unwrap();
+    assert_eq!(a.len(), 1);
+    assert_eq!((a[0].id, a[0].attempt), (id, 1));
+    // A stalls; once its lease has run out, the rescuer takes the job back.
+    wait_for("the rescue", Duration::from_secs(10), || async {
+        let r = rescue(&c, 100).await.unwrap();
+        (r.retried == 1).then_some(())
+    })
+    .await;
+    let b = fetch::fetch(&c, &queue, "B", Duration::from_secs(30), 10)
+        .await
+        .unwrap();
+    assert_eq!(b.len(), 1);
+    assert_eq!((b[0].id, b[0].attempt), (id, 2));
+
+    // A wakes up and reports its attempt: every write of A's is refused.
+    let late = |attempt, outcome| AttemptOutcome {
+        id,
+        attempt,
+        outcome,
+    };
+    let done = |r: serde_json::Value| Outcome::Completed(Some(r));
+    assert_eq!(
+        record(&c, "A", &[late(1, done(json!("A")))]).await.unwrap(),
+        0
+    );
+    assert_eq!(
+        record(&c, "A", &[late(2, done(json!("A")))]).await.unwrap(),
+        0,
+        "not even with B's attempt number"
+    );
+    assert_eq!(
+        fetch::renew_leases(&c, &[id], "A", Duration::from_secs(60))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(fetch::hand_back(&c, &[id], "A").await.unwrap(), 0);
+    let j = control::get(&c, id).await.unwrap().unwrap();
+    assert_eq!(
+        (j.state, j.attempt, j.attempted_by.as_deref(), j.result),
+        (JobState::Running, 2, Some("B"), None)
+    );
+    assert_eq!(j.errors.len(), 1);
+    assert_eq!(
+        (j.errors[0].kind.as_str(), j.errors[0].attempt),
+        ("lease_expired", 1)
+    );
+
+    // B's completion lands.
+    assert_eq!(
+        record(&c, "B", &[late(2, done(json!("B")))]).await.unwrap(),
+        1
+    );
+    let j = control::get(&c, id).await.unwrap().unwrap();
+    assert_eq!(
+        (j.state, j.attempt, j.attempted_by.as_deref(), j.result),
+        (JobState::Completed, 2, Some("B"), Some(json!("B")))
+    );
+}
+
+#[tokio::test]
+async fn a_tick_enqueues_one_job_even_after_that_job_finished() {
+    let db = TestDb::new().await;
+    let mut c = db.conn().await;
+    let tick = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+    let job = |tick: chrono::DateTime<chrono::Utc>| {
+        let mut j = NewJob::from_json("noop", json!({})).unwrap();
+        j.opts.unique_key = Some(format!("cron:t:{}", tick.timestamp()));
+        j
+    };
+    let first = enqueue_tick(&mut c, "t", tick, &job(tick))
+        .await
+        .unwrap()
+        .expect("the first enqueue of a tick wins");
+    // While the job is unfinished, and after it has finished (its unique key is free again),
+    // the tick is taken.
+    assert_eq!(
+        enqueue_tick(&mut c, "t", tick, &job(tick)).await.unwrap(),
+        None
+    );
+    let queue: Arc<str> = "default".into();
+    let fetched = fetch::fetch(&c, &queue, "A", Duration::from_secs(30), 10)
+        .await
+        .unwrap();
+    assert_eq!(fetched.len(), 1);
+    let done = AttemptOutcome {
+        id: first,
+        attempt: 1,
+        outcome: Outcome::Completed(None),
+    };
+    assert_eq!(record(&c, "A", &[done]).await.unwrap(), 1);
+    assert_eq!(
+        enqueue_tick(&mut c, "t", tick, &job(tick)).await.unwrap(),
+        None
+    );
+    let jobs: i64 = db.scalar("SELECT count(*) FROM jobs").await;
+    assert_eq!(jobs, 1);
+
+    let next = tick + chrono::Duration::seconds(1);
+    let second = enqueue_tick(&mut c, "t", next, &job(next)).await.unwrap();
+    assert!(second.is_some_and(|id| id != first));
+}
