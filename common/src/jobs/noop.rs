@@ -34,6 +34,10 @@ pub struct Noop {
     /// Cancel itself instead of finishing.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cancel: Option<bool>,
+    /// Return the time the handler started (`{"started_at_us": unix microseconds}`) as the
+    /// result: the pickup-latency benchmark reads it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report_start: Option<bool>,
     /// Stored as the job's result on success.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<serde_json::Value>,

@@ -1,0 +1,354 @@
+//! `ops bench queue`: enqueue, drain and pickup figures of the queue, as one JSON line.
+//!
+//! It starts its own PostgreSQL with default durability (fsync on) unless DATABASE_URL is set,
+//! and drives the real `worker` binary, so the figures include everything a deployment pays.
+//! Progress and the fetch plan go to stderr; stdout gets the JSON line only.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use clap::Subcommand;
+use common::cluster::Durability;
+use common::config::DatabaseSettings;
+use common::queue::{JobOptions, NewJob, enqueue, enqueue_many};
+use deadpool_postgres::Pool;
+use serde_json::json;
+
+use crate::stack::{Database, binary};
+
+/// Which benchmark.
+#[derive(Subcommand, Clone)]
+pub enum Which {
+    /// The queue: bulk and single enqueue, drain (empty and 1M-row history), pickup latency.
+    Queue {
+        /// Jobs drained per drain run.
+        #[arg(long, default_value_t = 20_000)]
+        jobs: usize,
+        /// Finished jobs in the table for the history drain.
+        #[arg(long, default_value_t = 1_000_000)]
+        history: usize,
+        /// Worker job slots for the drains.
+        #[arg(long, default_value_t = 1_000)]
+        concurrency: usize,
+    },
+}
+
+/// Run a benchmark.
+pub async fn run(which: Which) -> anyhow::Result<()> {
+    let Which::Queue {
+        jobs,
+        history,
+        concurrency,
+    } = which;
+    let worker_bin = binary("worker")?;
+    let dir = std::env::temp_dir().join(format!("quayside-bench-{}", std::process::id()));
+    let db = Database::open(&dir, "quayside_bench", Durability::Full).await?;
+    let result = queue(&db.url, &worker_bin, jobs, history, concurrency).await;
+    db.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+    let line = result?;
+    println!("{line}");
+    Ok(())
+}
+
+async fn queue(
+    url: &str,
+    worker_bin: &std::path::Path,
+    jobs: usize,
+    history: usize,
+    concurrency: usize,
+) -> anyhow::Result<serde_json::Value> {
+    let pool = common::db::pool(&DatabaseSettings::for_url(url))?;
+    common::db::migrate(&pool).await?;
+    let conn = pool.get().await?;
+    let settings: Vec<String> = conn
+        .query("SELECT name || '=' || setting FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit', 'full_page_writes', 'shared_buffers') ORDER BY name", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let version: String = conn.query_one("SHOW server_version", &[]).await?.get(0);
+    eprintln!("bench: PostgreSQL {version}, {}", settings.join(", "));
+    drop(conn);
+
+    // Bulk enqueue: one call, COPY.
+    reset(&pool).await?;
+    let batch: Vec<NewJob> = (0..jobs).map(|_| noop(json!({}))).collect();
+    let t = Instant::now();
+    enqueue_many(&pool.get().await?, &batch).await?;
+    let enqueue_batch_per_s = jobs as f64 / t.elapsed().as_secs_f64();
+    eprintln!("bench: enqueue_batch {enqueue_batch_per_s:.0}/s");
+
+    // Single enqueues: each its own transaction (autocommit), one after another.
+    reset(&pool).await?;
+    let conn = pool.get().await?;
+    let single = noop(json!({}));
+    let n_single = 2_000;
+    let t = Instant::now();
+    for _ in 0..n_single {
+        enqueue(&conn, &single).await?;
+    }
+    let enqueue_single_per_s = n_single as f64 / t.elapsed().as_secs_f64();
+    drop(conn);
+    eprintln!("bench: enqueue_single {enqueue_single_per_s:.0}/s");
+
+    let drain_per_s = drain(&pool, url, worker_bin, jobs, concurrency).await?;
+    eprintln!("bench: drain {drain_per_s:.0}/s");
+
+    let (pickup_p50_ms, pickup_p99_ms) = pickup(&pool, url, worker_bin).await?;
+    eprintln!("bench: pickup p50 {pickup_p50_ms:.2} ms, p99 {pickup_p99_ms:.2} ms");
+
+    reset(&pool).await?;
+    let t = Instant::now();
+    pool.get()
+        .await?
+        .execute(
+            "INSERT INTO jobs (queue, kind, args, state, attempt, attempted_at, attempted_by, finished_at)
+             SELECT 'default', 'noop', '{}', 'completed', 1, now(), 'bench', now() FROM generate_series(1, $1::int)",
+            &[&(history as i32)],
+        )
+        .await?;
+    pool.get()
+        .await?
+        .batch_execute("VACUUM ANALYZE jobs")
+        .await?;
+    eprintln!(
+        "bench: {history} finished jobs inserted in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let drain_per_s_1m_history =
+        drain_with_history(&pool, url, worker_bin, jobs, concurrency).await?;
+    eprintln!("bench: drain with history {drain_per_s_1m_history:.0}/s");
+
+    Ok(json!({
+        "bench": "queue",
+        "postgres": version,
+        "settings": settings.join(","),
+        "cpu": cpu_model(),
+        "jobs": jobs,
+        "history": history,
+        "worker_concurrency": concurrency,
+        "enqueue_batch_per_s": enqueue_batch_per_s.round(),
+        "enqueue_single_per_s": enqueue_single_per_s.round(),
+        "drain_per_s": drain_per_s.round(),
+        "pickup_p50_ms": (pickup_p50_ms * 100.0).round() / 100.0,
+        "pickup_p99_ms": (pickup_p99_ms * 100.0).round() / 100.0,
+        "drain_per_s_1m_history": drain_per_s_1m_history.round(),
+    }))
+}
+
+fn noop(args: serde_json::Value) -> NewJob {
+    NewJob::from_json("noop", args)
+        .expect("noop args")
+        .with(JobOptions {
+            queue: Some("default".into()),
+            ..Default::default()
+        })
+}
+
+/// Empty the jobs table and settle the server, so each timed step starts from the same state.
+async fn reset(pool: &Pool) -> anyhow::Result<()> {
+    let c = pool.get().await?;
+    c.batch_execute(
+        "TRUNCATE jobs, periodic_ticks, workers, maintenance_runs; VACUUM ANALYZE jobs; CHECKPOINT",
+    )
+    .await?;
+    Ok(())
+}
+
+/// Drain `jobs` queued noops with one worker process; jobs per second from the worker's start
+/// to the last completion in the database.
+async fn drain(
+    pool: &Pool,
+    url: &str,
+    worker_bin: &std::path::Path,
+    jobs: usize,
+    concurrency: usize,
+) -> anyhow::Result<f64> {
+    reset(pool).await?;
+    drain_queued(pool, url, worker_bin, jobs, concurrency).await
+}
+
+/// The same drain, over the finished jobs already in the table.
+async fn drain_with_history(
+    pool: &Pool,
+    url: &str,
+    worker_bin: &std::path::Path,
+    jobs: usize,
+    concurrency: usize,
+) -> anyhow::Result<f64> {
+    drain_queued(pool, url, worker_bin, jobs, concurrency).await
+}
+
+async fn drain_queued(
+    pool: &Pool,
+    url: &str,
+    worker_bin: &std::path::Path,
+    jobs: usize,
+    concurrency: usize,
+) -> anyhow::Result<f64> {
+    let batch: Vec<NewJob> = (0..jobs).map(|_| noop(json!({}))).collect();
+    enqueue_many(&pool.get().await?, &batch).await?;
+    let c = pool.get().await?;
+    c.batch_execute("VACUUM ANALYZE jobs; CHECKPOINT").await?;
+    print_fetch_plan(&c).await?;
+    let t0: SystemTime = SystemTime::now();
+    let mut worker = spawn_worker(url, worker_bin, concurrency)?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let left: i64 = c
+            .query_one("SELECT count(*) FROM jobs WHERE state <> 'completed'", &[])
+            .await?
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "drain did not finish: {left} jobs left"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let last: chrono::DateTime<chrono::Utc> = c
+        .query_one("SELECT max(finished_at) FROM jobs", &[])
+        .await?
+        .get(0);
+    let twice: i64 = c
+        .query_one("SELECT count(*) FROM jobs WHERE attempt <> 1", &[])
+        .await?
+        .get(0);
+    anyhow::ensure!(twice == 0, "{twice} jobs ran more than once");
+    stop_worker(&mut worker).await;
+    let secs = (last - chrono::DateTime::<chrono::Utc>::from(t0))
+        .num_microseconds()
+        .context("duration")? as f64
+        / 1e6;
+    Ok(jobs as f64 / secs)
+}
+
+/// Pickup latency of an idle worker: 200 single enqueues 20 ms apart; from the enqueue's
+/// commit returning to the handler starting (both on this machine's clock).
+async fn pickup(
+    pool: &Pool,
+    url: &str,
+    worker_bin: &std::path::Path,
+) -> anyhow::Result<(f64, f64)> {
+    reset(pool).await?;
+    let mut worker = spawn_worker(url, worker_bin, 16)?;
+    let c = pool.get().await?;
+    // Warm up: the worker is up and listening once a job completes.
+    let warm = enqueue(&c, &noop(json!({}))).await?.id;
+    wait_completed(&c, &[warm]).await?;
+    let job = noop(json!({"report_start": true}));
+    let mut sent = Vec::with_capacity(200);
+    for _ in 0..200 {
+        let id = enqueue(&c, &job).await?.id;
+        sent.push((id, now_us()));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ids: Vec<i64> = sent.iter().map(|(id, _)| *id).collect();
+    wait_completed(&c, &ids).await?;
+    stop_worker(&mut worker).await;
+    let rows = c
+        .query(
+            "SELECT id, (result->>'started_at_us')::bigint FROM jobs WHERE id = ANY($1)",
+            &[&ids],
+        )
+        .await?;
+    let started: std::collections::HashMap<i64, i64> =
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let mut lat: Vec<f64> = sent
+        .iter()
+        .map(|(id, at)| (started[id] - *at) as f64 / 1000.0)
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| lat[((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1];
+    Ok((pct(0.50), pct(0.99)))
+}
+
+async fn wait_completed(c: &deadpool_postgres::Client, ids: &[i64]) -> anyhow::Result<()> {
+    let ids = ids.to_vec();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let done: i64 = c
+            .query_one(
+                "SELECT count(*) FROM jobs WHERE id = ANY($1) AND state = 'completed'",
+                &[&ids],
+            )
+            .await?
+            .get(0);
+        if done as usize == ids.len() {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "jobs did not complete");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros() as i64
+}
+
+fn spawn_worker(
+    url: &str,
+    worker_bin: &std::path::Path,
+    concurrency: usize,
+) -> anyhow::Result<tokio::process::Child> {
+    Ok(tokio::process::Command::new(worker_bin)
+        .env("DATABASE_URL", url)
+        .env("WORKER_QUEUES", "default")
+        .env("WORKER_CONCURRENCY", concurrency.to_string())
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?)
+}
+
+async fn stop_worker(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+    }
+    if tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
+}
+
+/// EXPLAIN ANALYZE of the fetch's inner scan, to stderr: it must stay an index scan on
+/// `jobs_fetch_idx` however many finished jobs the table holds.
+async fn print_fetch_plan(c: &deadpool_postgres::Client) -> anyhow::Result<()> {
+    let rows = c
+        .query(
+            "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) SELECT id FROM jobs
+              WHERE state = 'available' AND queue = 'default' AND run_at <= now()
+                AND NOT EXISTS (SELECT 1 FROM queues WHERE name = 'default' AND paused)
+              ORDER BY priority, run_at, id LIMIT 1000 FOR UPDATE SKIP LOCKED",
+            &[],
+        )
+        .await?;
+    let total: i64 = c.query_one("SELECT count(*) FROM jobs", &[]).await?.get(0);
+    eprintln!("bench: fetch plan with {total} rows in jobs:");
+    for r in rows {
+        eprintln!("  {}", r.get::<_, String>(0));
+    }
+    Ok(())
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default()
+}
