@@ -150,10 +150,14 @@ fn noop(args: serde_json::Value) -> NewJob {
 /// Empty the jobs table and settle the server, so each timed step starts from the same state.
 async fn reset(pool: &Pool) -> anyhow::Result<()> {
     let c = pool.get().await?;
-    c.batch_execute(
-        "TRUNCATE jobs, periodic_ticks, workers, maintenance_runs; VACUUM ANALYZE jobs; CHECKPOINT",
-    )
-    .await?;
+    // One statement per call: VACUUM cannot run inside the implicit transaction of a batch.
+    for sql in [
+        "TRUNCATE jobs, periodic_ticks, workers, maintenance_runs",
+        "VACUUM ANALYZE jobs",
+        "CHECKPOINT",
+    ] {
+        c.batch_execute(sql).await?;
+    }
     Ok(())
 }
 
@@ -191,7 +195,8 @@ async fn drain_queued(
     let batch: Vec<NewJob> = (0..jobs).map(|_| noop(json!({}))).collect();
     enqueue_many(&pool.get().await?, &batch).await?;
     let c = pool.get().await?;
-    c.batch_execute("VACUUM ANALYZE jobs; CHECKPOINT").await?;
+    c.batch_execute("VACUUM ANALYZE jobs").await?;
+    c.batch_execute("CHECKPOINT").await?;
     print_fetch_plan(&c).await?;
     let t0: SystemTime = SystemTime::now();
     let mut worker = spawn_worker(url, worker_bin, concurrency)?;
