@@ -51,17 +51,10 @@ impl Probes {
         .ok()
         .flatten()
         .is_some();
-        let body = |status: &str, database: &str| {
-            Json(Health {
-                status: status.into(),
-                database: database.into(),
-                version: VERSION.into(),
-            })
-        };
         if ok {
-            HealthResponse::Healthy(body("healthy", "connected"))
+            HealthResponse::Healthy(health("healthy", "connected"))
         } else {
-            HealthResponse::Unhealthy(body("unhealthy", "unreachable"))
+            HealthResponse::Unhealthy(health("unhealthy", "unreachable"))
         }
     }
 
@@ -72,19 +65,20 @@ impl Probes {
             tokio::time::timeout(Duration::from_secs(1), common::db::is_migrated(&self.pool))
                 .await
                 .is_ok_and(|r| r.unwrap_or(false));
-        let body = |status: &str, database: &str| {
-            Json(Health {
-                status: status.into(),
-                database: database.into(),
-                version: VERSION.into(),
-            })
-        };
         if ready {
-            HealthResponse::Healthy(body("ready", "connected"))
+            HealthResponse::Healthy(health("ready", "connected"))
         } else {
-            HealthResponse::Unhealthy(body("not_ready", "unreachable or not migrated"))
+            HealthResponse::Unhealthy(health("not_ready", "unreachable or not migrated"))
         }
     }
+}
+
+fn health(status: &str, database: &str) -> Json<Health> {
+    Json(Health {
+        status: status.into(),
+        database: database.into(),
+        version: VERSION.into(),
+    })
 }
 
 /// The OpenAPI service (also the source of the committed `openapi.json`).

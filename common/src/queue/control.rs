@@ -31,27 +31,25 @@ pub async fn count_by_state(
 
 /// Stop every worker fetching from `queue` (jobs already running finish).
 pub async fn pause(client: &impl GenericClient, queue: &str) -> Result<()> {
-    client
-        .execute(
-            "INSERT INTO queues (name, paused) VALUES ($1, true)
-             ON CONFLICT (name) DO UPDATE SET paused = true, updated_at = now()",
-            &[&queue],
-        )
-        .await?;
-    Ok(())
+    set_paused(client, queue, true).await
 }
 
 /// Let workers fetch from `queue` again, and wake them.
 pub async fn resume(client: &impl GenericClient, queue: &str) -> Result<()> {
-    client
-        .execute(
-            "INSERT INTO queues (name, paused) VALUES ($1, false)
-             ON CONFLICT (name) DO UPDATE SET paused = false, updated_at = now()",
-            &[&queue],
-        )
-        .await?;
+    set_paused(client, queue, false).await?;
     client
         .execute("SELECT pg_notify($1, $2)", &[&NOTIFY_CHANNEL, &queue])
+        .await?;
+    Ok(())
+}
+
+async fn set_paused(client: &impl GenericClient, queue: &str, paused: bool) -> Result<()> {
+    client
+        .execute(
+            "INSERT INTO queues (name, paused) VALUES ($1, $2)
+             ON CONFLICT (name) DO UPDATE SET paused = $2, updated_at = now()",
+            &[&queue, &paused],
+        )
         .await?;
     Ok(())
 }
