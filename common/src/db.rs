@@ -41,8 +41,25 @@ const MIGRATION_LOCK_KEY: i64 = 0x7175_6179_7369_6465;
 /// Connections are recycled with a cheap `is_closed` check: a connection broken by a database
 /// restart is dropped when it comes back to the pool, and the next caller gets a fresh one.
 pub fn pool(settings: &DatabaseSettings) -> Result<Pool> {
+    build_pool(settings, settings.pg_config())
+}
+
+/// A pool for the worker's batch statements, planned afresh for each execution.
+///
+/// A prepared statement's generic plan guesses that `unnest($1)` yields a few rows; for the
+/// batched outcome write it then joins jobs and the batch by nested loop, comparing every
+/// pair: 525 ms for a batch of 2,000, against 13.6 ms with a plan made for the real array
+/// (measured with EXPLAIN ANALYZE on PostgreSQL 15). Planning once per batch costs well under
+/// a millisecond.
+pub fn batch_pool(settings: &DatabaseSettings) -> Result<Pool> {
+    let mut config = settings.pg_config();
+    config.options("-c plan_cache_mode=force_custom_plan");
+    build_pool(settings, config)
+}
+
+fn build_pool(settings: &DatabaseSettings, config: tokio_postgres::Config) -> Result<Pool> {
     let manager = Manager::from_config(
-        settings.pg_config(),
+        config,
         NoTls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,

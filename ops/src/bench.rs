@@ -173,6 +173,13 @@ async fn drain(
     drain_queued(pool, url, worker_bin, jobs, concurrency).await
 }
 
+/// Jobs not finished, counted through the partial indexes: a `state <> 'completed'` scan of a
+/// million-row table every 20 ms cost 65 ms of CPU per poll and slowed the very drain it
+/// watched.
+const UNFINISHED: &str = "SELECT (SELECT count(*) FROM jobs WHERE state = 'available')
+     + (SELECT count(*) FROM jobs WHERE state = 'running')
+     + (SELECT count(*) FROM jobs WHERE state IN ('scheduled', 'retryable'))";
+
 /// Enqueue `jobs` noops (on top of whatever the table holds) and time one worker process
 /// draining them.
 async fn drain_queued(
@@ -192,10 +199,7 @@ async fn drain_queued(
     let mut worker = spawn_worker(url, worker_bin, concurrency)?;
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let left: i64 = c
-            .query_one("SELECT count(*) FROM jobs WHERE state <> 'completed'", &[])
-            .await?
-            .get(0);
+        let left: i64 = c.query_one(UNFINISHED, &[]).await?.get(0);
         if left == 0 {
             break;
         }

@@ -51,7 +51,7 @@ pub fn new_worker_id() -> String {
 /// Run the worker until `stop` is cancelled, then shut down gracefully.
 pub async fn run(settings: WorkerSettings, stop: CancellationToken) -> anyhow::Result<()> {
     let handlers = Handlers::all()?.with_timeouts(settings.kind_timeouts.clone());
-    let pool = common::db::pool(&settings.database)?;
+    let pool = common::db::batch_pool(&settings.database)?;
     let applied = common::db::migrate(&pool).await?;
     let info = Arc::new(WorkerInfo {
         id: new_worker_id(),
