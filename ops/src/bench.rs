@@ -93,7 +93,8 @@ async fn queue(
     drop(conn);
     eprintln!("bench: enqueue_single {enqueue_single_per_s:.0}/s");
 
-    let drain_per_s = drain(&pool, url, worker_bin, jobs, concurrency).await?;
+    reset(&pool).await?;
+    let drain_per_s = drain_queued(&pool, url, worker_bin, jobs, concurrency).await?;
     eprintln!("bench: drain {drain_per_s:.0}/s");
 
     let (pickup_p50_ms, pickup_p99_ms) = pickup(&pool, url, worker_bin).await?;
@@ -160,19 +161,6 @@ async fn reset(pool: &Pool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Drain `jobs` queued noops with one worker process; jobs per second from the worker's start
-/// to the last completion in the database.
-async fn drain(
-    pool: &Pool,
-    url: &str,
-    worker_bin: &std::path::Path,
-    jobs: usize,
-    concurrency: usize,
-) -> anyhow::Result<f64> {
-    reset(pool).await?;
-    drain_queued(pool, url, worker_bin, jobs, concurrency).await
-}
-
 /// Jobs not finished, counted through the partial indexes: a `state <> 'completed'` scan of a
 /// million-row table every 20 ms cost 65 ms of CPU per poll and slowed the very drain it
 /// watched.
@@ -181,7 +169,8 @@ const UNFINISHED: &str = "SELECT (SELECT count(*) FROM jobs WHERE state = 'avail
      + (SELECT count(*) FROM jobs WHERE state IN ('scheduled', 'retryable'))";
 
 /// Enqueue `jobs` noops (on top of whatever the table holds) and time one worker process
-/// draining them.
+/// draining them: jobs per second from the worker's start to the last completion in the
+/// database.
 async fn drain_queued(
     pool: &Pool,
     url: &str,
