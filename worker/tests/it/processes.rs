@@ -320,3 +320,82 @@ async fn kind_timeouts_ms_overrides_the_kinds_timeout() {
     let j = wait_final(&db, quick, Duration::from_secs(20)).await;
     assert_eq!(j.state, JobState::Completed);
 }
+
+#[tokio::test]
+async fn polling_only_mode_runs_jobs_without_listen() {
+    let db = TestDb::new().await;
+    // Notifications off, and a poll interval far shorter than the default: the jobs can only
+    // be found by polling.
+    let env = with_env(
+        with_env(fast_env(&db.url), "WORKER_LISTEN", "false"),
+        "WORKER_POLL_INTERVAL_MS",
+        "100",
+    );
+    let w = InProcess::start(&env, "default", 4);
+    enqueue_noops(&db, "default", 20, json!({})).await;
+    wait_count(
+        &db,
+        "SELECT count(*) FROM jobs WHERE state = 'completed'",
+        20,
+        Duration::from_secs(10),
+    )
+    .await;
+    let listeners: i64 = db
+        .scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query ILIKE 'LISTEN%'")
+        .await;
+    assert_eq!(listeners, 0, "a polling-only worker must not LISTEN");
+    w.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_metrics_endpoint_counts_outcomes_by_queue_and_kind() {
+    use std::io::{Read, Write};
+
+    let db = TestDb::new().await;
+    let port = common::cluster::free_port().unwrap();
+    let env = with_env(fast_env(&db.url), "METRICS_PORT", port.to_string());
+    let worker = Process::start(&env, &["--queues", "default", "--concurrency", "4"]);
+    enqueue_noops(&db, "default", 3, json!({})).await;
+    enqueue_noop(&db, json!({"permanent": true}), JobOptions::default()).await;
+    wait_count(
+        &db,
+        "SELECT count(*) FROM jobs WHERE state IN ('completed', 'discarded')",
+        4,
+        Duration::from_secs(15),
+    )
+    .await;
+    let body = wait_for(
+        "metrics to show the outcomes",
+        Duration::from_secs(10),
+        || async {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .ok()?;
+            let mut body = String::new();
+            s.read_to_string(&mut body).ok()?;
+            body.contains("quayside_jobs_discarded_total")
+                .then_some(body)
+        },
+    )
+    .await;
+    let line = |name: &str| {
+        body.lines()
+            .find(|l| l.starts_with(name) && l.contains("kind=\"noop\""))
+            .map(str::to_owned)
+    };
+    let completed = line("quayside_jobs_completed_total").expect("completed counter");
+    assert!(
+        completed.contains("queue=\"default\"") && completed.ends_with(" 3"),
+        "{completed}"
+    );
+    assert!(
+        line("quayside_jobs_discarded_total")
+            .expect("discarded counter")
+            .ends_with(" 1")
+    );
+    assert!(body.contains("quayside_jobs_fetched_total"));
+    assert!(body.contains("quayside_job_queue_latency_seconds_bucket"));
+    assert!(body.contains("quayside_job_run_seconds_bucket"));
+    worker.signal("-TERM");
+    assert_eq!(worker.wait(Duration::from_secs(15)).await, Some(0));
+}
