@@ -1,5 +1,5 @@
 //! Maintenance: rescue of expired leases, promotion of due jobs, pruning of old ones, removal
-//! of dead workers, and periodic jobs.
+//! of dead workers (the reaper), and periodic jobs.
 //!
 //! Every worker runs these loops, but each pass of a service is claimed through its row in
 //! `maintenance_runs`, so it runs once per interval across all workers, however many there are.
@@ -81,12 +81,25 @@ pub async fn run(
                         break;
                     }
                 }
+                if total > 0 {
+                    tracing::info!(num_pruned = total, "pruned finished jobs");
+                }
+                Ok(())
+            }
+        ),
+        // Every half TTL: a dead worker's row goes within 1.5 TTLs of its last heartbeat.
+        service(
+            "reaper",
+            s.worker_ttl / 2,
+            &pool,
+            &worker,
+            &stop,
+            |c| async move {
                 let reaped = sql::reap_workers(&c, s.worker_ttl).await?;
-                if total + reaped > 0 {
+                if reaped > 0 {
                     tracing::info!(
-                        num_pruned = total,
                         num_workers_reaped = reaped,
-                        "pruned finished jobs"
+                        "removed workers that stopped heartbeating"
                     );
                 }
                 Ok(())

@@ -223,3 +223,33 @@ async fn a_tick_enqueues_one_job_even_after_that_job_finished() {
     let second = enqueue_tick(&mut c, "t", next, &job(next)).await.unwrap();
     assert!(second.is_some_and(|id| id != first));
 }
+
+#[tokio::test]
+async fn workers_that_stop_heartbeating_age_out() {
+    let db = TestDb::new().await;
+    db.conn()
+        .await
+        .execute(
+            "INSERT INTO workers (id, host, pid, queues, concurrency, heartbeat_at)
+             VALUES ('gone', 'h', 1, '{default}', 1, now() - interval '1 hour')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let env = with_env(fast_env(&db.url), "WORKER_TTL_MS", "1000");
+    let w = crate::harness::InProcess::start(&env, "default", 1);
+    wait_count(
+        &db,
+        "SELECT count(*) FROM workers WHERE id = 'gone'",
+        0,
+        Duration::from_secs(10),
+    )
+    .await;
+    // The live worker heartbeats (every third of its 2 s lease) and stays.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let live: i64 = db.scalar("SELECT count(*) FROM workers").await;
+    assert_eq!(live, 1);
+    w.shutdown().await;
+    let after: i64 = db.scalar("SELECT count(*) FROM workers").await;
+    assert_eq!(after, 0, "a worker removes its own row when it stops");
+}
