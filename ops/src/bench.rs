@@ -208,6 +208,18 @@ async fn drain_queued(
         .get(0);
     anyhow::ensure!(twice == 0, "{twice} jobs ran more than once");
     stop_worker(&mut worker).await;
+    let first: chrono::DateTime<chrono::Utc> = c
+        .query_one(
+            "SELECT min(attempted_at) FROM jobs WHERE finished_at >= $1",
+            &[&chrono::DateTime::<chrono::Utc>::from(t0)],
+        )
+        .await?
+        .get(0);
+    eprintln!(
+        "bench: worker start to first fetch {} ms, first fetch to last completion {} ms",
+        (first - chrono::DateTime::<chrono::Utc>::from(t0)).num_milliseconds(),
+        (last - first).num_milliseconds()
+    );
     let secs = (last - chrono::DateTime::<chrono::Utc>::from(t0))
         .num_microseconds()
         .context("duration")? as f64
