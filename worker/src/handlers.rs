@@ -87,7 +87,14 @@ impl Handlers {
     /// The timeout of one attempt of `kind`: the override if there is one, else the spec's.
     pub fn timeout(&self, kind: &str) -> Option<Duration> {
         let (spec, _) = self.by_kind.get(kind)?;
-        Some(self.timeouts.get(kind).copied().unwrap_or(spec.timeout))
+        Some(self.timeout_of(spec))
+    }
+
+    fn timeout_of(&self, spec: &KindSpec) -> Duration {
+        self.timeouts
+            .get(spec.name)
+            .copied()
+            .unwrap_or(spec.timeout)
     }
 
     /// Add the handler of `A`'s kind. Fails for a kind the registry does not know or one that
@@ -146,11 +153,7 @@ impl Handlers {
         let Some((spec, handler)) = self.by_kind.get(job.kind.as_str()) else {
             return Err(JobError::UnknownKind(job.kind.clone()));
         };
-        let timeout = self
-            .timeouts
-            .get(job.kind.as_str())
-            .copied()
-            .unwrap_or(spec.timeout);
+        let timeout = self.timeout_of(spec);
         match tokio::time::timeout(timeout, handler(job)).await {
             Ok(result) => result,
             Err(_) => Err(JobError::Timeout(timeout)),

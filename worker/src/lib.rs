@@ -42,8 +42,7 @@ use crate::producer::Producer;
 
 /// A new worker id: host, pid and a random suffix, unique per process start (containers
 /// reuse host names and pids).
-pub fn new_worker_id() -> String {
-    let host = gethostname::gethostname().to_string_lossy().into_owned();
+pub fn new_worker_id(host: &str) -> String {
     let suffix = uuid::Uuid::new_v4().simple().to_string();
     format!("{host}-{}-{}", std::process::id(), &suffix[..8])
 }
@@ -53,9 +52,10 @@ pub async fn run(settings: WorkerSettings, stop: CancellationToken) -> anyhow::R
     let handlers = Handlers::all()?.with_timeouts(settings.kind_timeouts.clone());
     let pool = common::db::batch_pool(&settings.database)?;
     let applied = common::db::migrate(&pool).await?;
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
     let info = Arc::new(WorkerInfo {
-        id: new_worker_id(),
-        host: gethostname::gethostname().to_string_lossy().into_owned(),
+        id: new_worker_id(&host),
+        host,
         pid: std::process::id() as i32,
         queues: settings.queues.iter().map(|(q, _)| q.clone()).collect(),
         concurrency: settings.total_concurrency() as i32,
