@@ -21,6 +21,9 @@ pub struct WorkerSettings {
     pub poll_interval: Duration,
     /// LISTEN for new jobs; off for PgBouncer in transaction mode.
     pub listen: bool,
+    /// Whether the worker's own state changes (fetch, outcomes, lease renewals) wait for
+    /// their WAL to reach disk; see `common::db::batch_pool`.
+    pub synchronous_commit: bool,
     /// How long in-flight jobs may run on after SIGTERM before they are handed back.
     pub shutdown_timeout: Duration,
     /// Port of the Prometheus `/metrics` endpoint; none when unset.
@@ -145,6 +148,7 @@ impl WorkerSettings {
             lease,
             poll_interval: millis(src, "WORKER_POLL_INTERVAL_MS", DEFAULT_POLL_INTERVAL_MS)?,
             listen: boolean(src, "WORKER_LISTEN", true)?,
+            synchronous_commit: boolean(src, "WORKER_SYNCHRONOUS_COMMIT", false)?,
             shutdown_timeout: millis(
                 src,
                 "WORKER_SHUTDOWN_TIMEOUT_MS",

@@ -28,8 +28,11 @@ use apalis_core::error::BoxDynError;
 use apalis_core::monitor::Monitor;
 use apalis_core::task::data::Data;
 use apalis_core::worker::builder::WorkerBuilder;
+use common::config::DatabaseSettings;
+use common::db::{Plans, worker_pool};
 use common::queue::FetchedJob;
 use common::queue::maintenance::WorkerInfo;
+use futures::future::try_join_all;
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -50,8 +53,25 @@ pub fn new_worker_id(host: &str) -> String {
 /// Run the worker until `stop` is cancelled, then shut down gracefully.
 pub async fn run(settings: WorkerSettings, stop: CancellationToken) -> anyhow::Result<()> {
     let handlers = Handlers::all()?.with_timeouts(settings.kind_timeouts.clone());
-    let pool = common::db::batch_pool(&settings.database)?;
-    let applied = common::db::migrate(&pool).await?;
+    // A pool fit for each kind of statement (`common::db::Plans`). The hot path (fetches;
+    // outcomes and lease renewals) commits without waiting for the WAL flush unless
+    // WORKER_SYNCHRONOUS_COMMIT; maintenance, heartbeats and periodic enqueues are durable.
+    let db = &settings.database;
+    let sized = |pool_size| DatabaseSettings {
+        pool_size,
+        ..db.clone()
+    };
+    let n_queues = settings.queues.len();
+    let sync = settings.synchronous_commit;
+    let pool = worker_pool(db, Plans::PerExecution, true)?;
+    let fetch_pool = worker_pool(&sized(n_queues), Plans::Cached, sync)?;
+    let outcome_pool = worker_pool(&sized(2), Plans::PerExecution, sync)?;
+    // Connect the hot path while migrations run, so the first batch pays for neither.
+    let (applied, fetch_conns, outcome_conns) = tokio::try_join!(
+        async { anyhow::Ok(common::db::migrate(&pool).await?) },
+        connect(&fetch_pool, n_queues),
+        connect(&outcome_pool, 1),
+    )?;
     let host = gethostname::gethostname().to_string_lossy().into_owned();
     let info = Arc::new(WorkerInfo {
         id: new_worker_id(&host),
@@ -61,14 +81,25 @@ pub async fn run(settings: WorkerSettings, stop: CancellationToken) -> anyhow::R
         concurrency: settings.total_concurrency() as i32,
     });
     let worker: Arc<str> = info.id.as_str().into();
-    common::queue::maintenance::heartbeat(&pool.get().await?, &info, 0).await?;
+    tokio::try_join!(
+        async {
+            let conn = pool.get().await?;
+            anyhow::Ok(common::queue::maintenance::heartbeat(&conn, &info, 0).await?)
+        },
+        async {
+            try_join_all(fetch_conns.iter().map(common::queue::fetch::prepare)).await?;
+            try_join_all(outcome_conns.iter().map(common::queue::outcome::prepare)).await?;
+            anyhow::Ok(())
+        },
+    )?;
+    drop((fetch_conns, outcome_conns));
     tracing::info!(worker.id = %worker, queues = ?info.queues, concurrency = info.concurrency, migrations_applied = applied, "worker started");
 
     // Background services stop on `services`; fetching stops on `stop` itself.
     let services = CancellationToken::new();
     let held = Arc::new(Held::default());
     let (completer, completer_handle) = Completer::new(
-        pool.clone(),
+        outcome_pool.clone(),
         worker.clone(),
         held.clone(),
         4 * settings.total_concurrency().max(1000),
@@ -87,7 +118,7 @@ pub async fn run(settings: WorkerSettings, stop: CancellationToken) -> anyhow::R
         wakers.insert(queue.to_string(), wake.clone());
         let producer = Producer {
             queue: queue.clone(),
-            pool: pool.clone(),
+            pool: fetch_pool.clone(),
             worker: worker.clone(),
             lease: settings.lease,
             batch: settings.fetch_batch,
@@ -120,7 +151,7 @@ pub async fn run(settings: WorkerSettings, stop: CancellationToken) -> anyhow::R
         ));
     }
     tasks.spawn(lease::run(
-        pool.clone(),
+        outcome_pool.clone(),
         info.clone(),
         held.clone(),
         settings.lease,
@@ -173,6 +204,14 @@ pub async fn run(settings: WorkerSettings, stop: CancellationToken) -> anyhow::R
     }
     tracing::info!("worker stopped");
     Ok(())
+}
+
+/// `n` connections of `pool`, opened at once.
+async fn connect(
+    pool: &deadpool_postgres::Pool,
+    n: usize,
+) -> anyhow::Result<Vec<deadpool_postgres::Object>> {
+    Ok(try_join_all((0..n).map(|_| pool.get())).await?)
 }
 
 async fn handback(

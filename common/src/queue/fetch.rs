@@ -67,6 +67,12 @@ pub async fn fetch(
     Ok(jobs.into_iter().map(|(_, j)| j).collect())
 }
 
+/// Prepare the fetch on `client`, ahead of its first use.
+pub async fn prepare(client: &impl GenericClient) -> Result<()> {
+    client.prepare_cached(FETCH).await?;
+    Ok(())
+}
+
 const RENEW: &str = "
 UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $3)
  WHERE id = ANY($1) AND attempted_by = $2 AND state = 'running'";

@@ -86,6 +86,13 @@ UPDATE jobs j
        AS c(id, attempt, state, delay_s, snooze, err_kind, err_message)
  WHERE j.id = c.id AND j.attempt = c.attempt AND j.attempted_by = $8 AND j.state = 'running'";
 
+/// Prepare the outcome writes on `client`, ahead of their first use.
+pub async fn prepare(client: &impl GenericClient) -> Result<()> {
+    client.prepare_cached(COMPLETE).await?;
+    client.prepare_cached(SETTLE).await?;
+    Ok(())
+}
+
 /// Write a batch of outcomes of `worker`'s attempts. Returns how many were recorded; the rest
 /// had been taken from this worker (rescued after its lease expired, or cancelled) and are
 /// left as they are.
