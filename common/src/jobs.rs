@@ -71,6 +71,25 @@ pub fn check_args<A: JobArgs>(args: &serde_json::Value) -> Result<(), ArgsError>
 /// Every registered kind.
 pub static KINDS: &[KindSpec] = &[noop::SPEC];
 
+/// A periodic job registered in code. Every worker enqueues it on its schedule, once per tick
+/// across the cluster, beside the schedules of `PERIODIC_JOBS` (which replace one of the same
+/// name, so an operator can change or silence a built-in schedule without a deploy).
+#[derive(Debug, Clone, Copy)]
+pub struct ScheduleSpec {
+    /// The schedule's name, unique; part of each tick's unique key.
+    pub name: &'static str,
+    /// A cron expression: 5 fields, or 6 with seconds first.
+    pub cron: &'static str,
+    /// The kind it enqueues.
+    pub kind: &'static str,
+    /// Its args, as JSON text.
+    pub args: &'static str,
+}
+
+/// Every periodic job registered in code. None yet: the first ones come with the kinds that
+/// need them (the forecast runs, the clean-up of uploaded logo bytes).
+pub static SCHEDULES: &[ScheduleSpec] = &[];
+
 /// The kind named `name`.
 pub fn kind(name: &str) -> Result<&'static KindSpec, ArgsError> {
     KINDS

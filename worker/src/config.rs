@@ -121,26 +121,16 @@ impl WorkerSettings {
         if lease < Duration::from_millis(300) {
             return Err(ConfigError::new("WORKER_LEASE_MS", "must be at least 300"));
         }
-        let periodic = match src.get("PERIODIC_JOBS") {
+        let configured = match src.get("PERIODIC_JOBS") {
             None => Vec::new(),
-            Some(raw) => {
-                let jobs: Vec<PeriodicJob> = serde_json::from_str(&raw).map_err(|e| {
-                    ConfigError::new(
-                        "PERIODIC_JOBS",
-                        format!("expected [{{\"name\", \"cron\", \"kind\", \"args\"}}]: {e}"),
-                    )
-                })?;
-                for j in &jobs {
-                    crate::maintenance::periodic::parse_cron(&j.cron).map_err(|e| {
-                        ConfigError::new("PERIODIC_JOBS", format!("schedule {:?}: {e}", j.name))
-                    })?;
-                    common::jobs::kind(&j.kind).map_err(|e| {
-                        ConfigError::new("PERIODIC_JOBS", format!("schedule {:?}: {e}", j.name))
-                    })?;
-                }
-                jobs
-            }
+            Some(raw) => serde_json::from_str(&raw).map_err(|e| {
+                ConfigError::new(
+                    "PERIODIC_JOBS",
+                    format!("expected [{{\"name\", \"cron\", \"kind\", \"args\"}}]: {e}"),
+                )
+            })?,
         };
+        let periodic = schedules(common::jobs::SCHEDULES, configured)?;
         Ok(Self {
             database: DatabaseSettings::from_source(src)?,
             queues,
@@ -190,6 +180,42 @@ impl WorkerSettings {
     pub fn total_concurrency(&self) -> usize {
         self.queues.iter().map(|(_, n)| n).sum()
     }
+}
+
+/// The schedules a worker runs: those registered in code, each replaced by a configured one
+/// of the same name, then the other configured ones. Each must parse and name a known kind.
+fn schedules(
+    in_code: &[common::jobs::ScheduleSpec],
+    configured: Vec<PeriodicJob>,
+) -> Result<Vec<PeriodicJob>, ConfigError> {
+    let mut all = Vec::with_capacity(in_code.len() + configured.len());
+    for s in in_code {
+        if configured.iter().all(|c| c.name != s.name) {
+            let args = serde_json::from_str(s.args).map_err(|e| {
+                ConfigError::new(
+                    "PERIODIC_JOBS",
+                    format!("built-in schedule {:?}: {e}", s.name),
+                )
+            })?;
+            all.push(PeriodicJob {
+                name: s.name.into(),
+                cron: s.cron.into(),
+                kind: s.kind.into(),
+                args,
+            });
+        }
+    }
+    all.extend(configured);
+    for (i, j) in all.iter().enumerate() {
+        let bad =
+            |e: String| ConfigError::new("PERIODIC_JOBS", format!("schedule {:?}: {e}", j.name));
+        if all[..i].iter().any(|o| o.name == j.name) {
+            return Err(bad("named twice".into()));
+        }
+        crate::maintenance::periodic::parse_cron(&j.cron).map_err(|e| bad(e.to_string()))?;
+        common::jobs::kind(&j.kind).map_err(|e| bad(e.to_string()))?;
+    }
+    Ok(all)
 }
 
 /// `noop=300,email=5000`: each a registered kind and its attempt timeout in milliseconds.
@@ -348,6 +374,59 @@ mod tests {
             let err = settings(&env, queues, conc).unwrap_err();
             assert_eq!(err.name, name, "{err}");
         }
+    }
+
+    #[test]
+    fn schedules_registered_in_code_are_run_unless_config_replaces_them() {
+        use common::jobs::ScheduleSpec;
+        let in_code = [
+            ScheduleSpec {
+                name: "nightly",
+                cron: "0 3 * * *",
+                kind: "noop",
+                args: r#"{"sleep_ms": 1}"#,
+            },
+            ScheduleSpec {
+                name: "hourly",
+                cron: "0 * * * *",
+                kind: "noop",
+                args: "{}",
+            },
+        ];
+        let configured: Vec<PeriodicJob> = serde_json::from_str(
+            r#"[{"name":"hourly","cron":"30 * * * *","kind":"noop"},
+                {"name":"extra","cron":"*/5 * * * *","kind":"noop","args":{"result":1}}]"#,
+        )
+        .unwrap();
+        let all = schedules(&in_code, configured).unwrap();
+        let got: Vec<(&str, &str)> = all
+            .iter()
+            .map(|j| (j.name.as_str(), j.cron.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("nightly", "0 3 * * *"),
+                ("hourly", "30 * * * *"),
+                ("extra", "*/5 * * * *")
+            ]
+        );
+        assert_eq!(all[0].args, serde_json::json!({"sleep_ms": 1}));
+
+        // A bad built-in schedule stops the worker like a bad configured one.
+        let bad = [ScheduleSpec {
+            cron: "never",
+            ..in_code[0]
+        }];
+        assert_eq!(schedules(&bad, vec![]).unwrap_err().name, "PERIODIC_JOBS");
+        let twice: Vec<PeriodicJob> = serde_json::from_str(
+            r#"[{"name":"a","cron":"* * * * *","kind":"noop"},
+                {"name":"a","cron":"* * * * *","kind":"noop"}]"#,
+        )
+        .unwrap();
+        assert!(schedules(&[], twice).unwrap_err().message.contains("twice"));
+        // And the schedules registered today are all valid.
+        schedules(common::jobs::SCHEDULES, vec![]).unwrap();
     }
 
     #[test]
