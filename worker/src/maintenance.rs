@@ -7,6 +7,10 @@
 //! included) while handlers fail. Periodic jobs need no claim: each tick has a unique row.
 
 pub mod periodic;
+pub mod pruner;
+pub mod reaper;
+pub mod rescuer;
+pub mod scheduler;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -20,9 +24,6 @@ use crate::config::MaintenanceSettings;
 
 /// Most rows one pass of the rescuer or the scheduler touches; the next pass takes the rest.
 const PASS_LIMIT: usize = 10_000;
-/// Most rows one prune statement deletes; a pass repeats it up to `PRUNE_ROUNDS` times.
-const PRUNE_BATCH: usize = 10_000;
-const PRUNE_ROUNDS: usize = 10;
 
 /// Run every maintenance service until `stop`.
 pub async fn run(
@@ -32,79 +33,31 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let s = &settings;
+    let (pool, worker, stop) = (&pool, &*worker, &stop);
     tokio::join!(
         service(
             "rescuer",
             s.rescue_interval,
-            &pool,
-            &worker,
-            &stop,
-            |c| async move {
-                let r = sql::rescue(&c, PASS_LIMIT).await?;
-                if r.retried + r.discarded > 0 {
-                    tracing::warn!(
-                        num_retried = r.retried,
-                        num_discarded = r.discarded,
-                        "rescued jobs whose lease expired"
-                    );
-                    crate::metrics::rescued(r.retried, r.discarded);
-                }
-                Ok(())
-            }
+            pool,
+            worker,
+            stop,
+            rescuer::run_once
         ),
         service(
             "scheduler",
             s.schedule_interval,
-            &pool,
-            &worker,
-            &stop,
-            |c| async move {
-                let (n, _next) = sql::promote_due(&c, PASS_LIMIT).await?;
-                if n > 0 {
-                    tracing::debug!(num_promoted = n, "made due jobs available");
-                }
-                Ok(())
-            }
+            pool,
+            worker,
+            stop,
+            scheduler::run_once
         ),
-        service(
-            "pruner",
-            s.prune_interval,
-            &pool,
-            &worker,
-            &stop,
-            |c| async move {
-                let mut total = 0;
-                for _ in 0..PRUNE_ROUNDS {
-                    let n = sql::prune(&c, s.retention, PRUNE_BATCH).await?;
-                    total += n;
-                    if n < PRUNE_BATCH as u64 {
-                        break;
-                    }
-                }
-                if total > 0 {
-                    tracing::info!(num_pruned = total, "pruned finished jobs");
-                }
-                Ok(())
-            }
-        ),
+        service("pruner", s.prune_interval, pool, worker, stop, |c| {
+            pruner::run_once(c, s.retention)
+        }),
         // Every half TTL: a dead worker's row goes within 1.5 TTLs of its last heartbeat.
-        service(
-            "reaper",
-            s.worker_ttl / 2,
-            &pool,
-            &worker,
-            &stop,
-            |c| async move {
-                let reaped = sql::reap_workers(&c, s.worker_ttl).await?;
-                if reaped > 0 {
-                    tracing::info!(
-                        num_workers_reaped = reaped,
-                        "removed workers that stopped heartbeating"
-                    );
-                }
-                Ok(())
-            }
-        ),
+        service("reaper", s.worker_ttl / 2, pool, worker, stop, |c| {
+            reaper::run_once(c, s.worker_ttl)
+        }),
     );
 }
 
