@@ -101,8 +101,15 @@ fn build_pool(settings: &DatabaseSettings, config: tokio_postgres::Config) -> Re
 
 /// Apply every pending migration, holding an advisory lock so that only one process migrates
 /// at a time; the others wait, then find nothing to do. Returns how many were applied.
+///
+/// When every embedded migration is already recorded with its checksum (every start but the
+/// first after a deploy), one read settles it: no lock, no runner. A worker's start-up took
+/// 6–7 ms to migrate nothing, a third of its time to the first fetch.
 pub async fn migrate(pool: &Pool) -> Result<usize> {
     let mut conn = pool.get().await?;
+    if all_applied(&conn).await? {
+        return Ok(0);
+    }
     conn.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
         .await?;
     let client: &mut tokio_postgres::Client = &mut conn;
@@ -118,19 +125,30 @@ pub async fn migrate(pool: &Pool) -> Result<usize> {
 
 /// True when every embedded migration has been applied (the API's readiness probe).
 pub async fn is_migrated(pool: &Pool) -> Result<bool> {
-    let conn = pool.get().await?;
-    let latest = embedded::migrations::runner()
+    all_applied(&pool.get().await?).await
+}
+
+/// Whether the history table records every embedded migration, each with the checksum of the
+/// file embedded now (an edited or a missing one sends `migrate` to refinery, which applies
+/// or refuses it).
+async fn all_applied(conn: &deadpool_postgres::Client) -> Result<bool> {
+    let rows = match conn
+        .query("SELECT version, checksum FROM refinery_schema_history", &[])
+        .await
+    {
+        Ok(rows) => rows,
+        // No history table yet: nothing is applied.
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+            return Ok(false);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let applied: std::collections::HashMap<i32, String> =
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    Ok(embedded::migrations::runner()
         .get_migrations()
         .iter()
-        .map(|m| m.version())
-        .max()
-        .unwrap_or(0);
-    let applied: Option<i32> = conn
-        .query_one("SELECT max(version) FROM refinery_schema_history", &[])
-        .await
-        .ok() // no history table yet: nothing applied
-        .and_then(|r| r.get(0));
-    Ok(applied.is_some_and(|v| v as i64 >= latest as i64))
+        .all(|m| applied.get(&m.version()) == Some(&m.checksum().to_string())))
 }
 
 /// A pooled connection or a transaction on one: what every queue function takes, so the

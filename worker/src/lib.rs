@@ -82,18 +82,10 @@ pub async fn run(settings: WorkerSettings, stop: CancellationToken) -> anyhow::R
     });
     let worker: Arc<str> = info.id.as_str().into();
     tokio::try_join!(
-        async {
-            let conn = pool.get().await?;
-            anyhow::Ok(common::queue::maintenance::heartbeat(&conn, &info, 0).await?)
-        },
-        async {
-            try_join_all(fetch_conns.iter().map(common::queue::fetch::prepare)).await?;
-            try_join_all(outcome_conns.iter().map(common::queue::outcome::prepare)).await?;
-            anyhow::Ok(())
-        },
+        try_join_all(fetch_conns.iter().map(common::queue::fetch::prepare)),
+        try_join_all(outcome_conns.iter().map(common::queue::outcome::prepare)),
     )?;
     drop((fetch_conns, outcome_conns));
-    tracing::info!(worker.id = %worker, queues = ?info.queues, concurrency = info.concurrency, migrations_applied = applied, "worker started");
 
     // Background services stop on `services`; fetching stops on `stop` itself.
     let services = CancellationToken::new();
@@ -143,6 +135,9 @@ pub async fn run(settings: WorkerSettings, stop: CancellationToken) -> anyhow::R
         });
     }
     drop(completer_handle);
+    // Registered while the first fetches run: nothing waits on the workers row.
+    common::queue::maintenance::heartbeat(&pool.get().await?, &info, 0).await?;
+    tracing::info!(worker.id = %worker, queues = ?info.queues, concurrency = info.concurrency, migrations_applied = applied, "worker started");
     if settings.listen {
         tasks.spawn(notifier::run(
             settings.database.pg_config(),

@@ -104,3 +104,26 @@ async fn concurrent_migrations_apply_each_version_once() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_migration_recorded_under_another_checksum_is_not_taken_as_applied() {
+    let db = TestDb::new().await;
+    let pool = pool_of(&db.url, 1);
+    assert!(db::is_migrated(&pool).await.unwrap());
+    assert_eq!(db::migrate(&pool).await.unwrap(), 0, "the fast path");
+
+    // As if the file had been edited after it was applied: the fast path must not wave it
+    // through, and refinery refuses the divergent migration.
+    pool.get()
+        .await
+        .unwrap()
+        .execute(
+            "UPDATE refinery_schema_history SET checksum = '1' WHERE version = 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(!db::is_migrated(&pool).await.unwrap());
+    let err = db::migrate(&pool).await.unwrap_err();
+    assert!(err.to_string().contains("migration"), "{err}");
+}
