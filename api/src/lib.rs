@@ -1,5 +1,5 @@
-//! Quayside's HTTP API. Until the API issue lands it migrates the database and answers the
-//! probes; the registration, jobs, queues and workers endpoints come next.
+//! Quayside's HTTP API: the probes and the spec, behind the middleware stack that gives every
+//! answer a request id and every error the one JSON shape ([`error::ApiError`]).
 
 use std::time::Duration;
 
@@ -7,6 +7,9 @@ use deadpool_postgres::Pool;
 use poem::{EndpointExt, Route};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi, OpenApiService};
+
+pub mod error;
+pub mod middleware;
 
 /// The API's version, reported by `/health`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -95,7 +98,7 @@ pub fn app(pool: Pool) -> impl poem::Endpoint {
         .nest("/", api)
         .nest("/docs", docs)
         .at("/openapi.json", spec)
-        .with(poem::middleware::Tracing)
+        .with(middleware::context::RequestContext)
 }
 
 /// The spec as committed in `openapi.json`: pretty JSON with a trailing newline.

@@ -1,0 +1,6 @@
+//! Integration tests of the API: the app runs in-process (`poem::test::TestClient`) against a
+//! fresh, migrated database per test. One binary; a module per feature.
+
+mod errors;
+mod probes;
+mod support;
