@@ -8,6 +8,7 @@ use poem::{EndpointExt, Route};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi, OpenApiService};
 
+pub mod config;
 pub mod error;
 pub mod middleware;
 

@@ -1,8 +1,9 @@
 //! `api`: serve the HTTP API (`api`), apply migrations (`api migrate`), or print the OpenAPI
 //! spec (`api openapi`).
 
+use api::config::{EnvWithDotenv, Settings};
 use clap::{Parser, Subcommand};
-use common::config::{ConfigError, DatabaseSettings, Env, parse_or};
+use common::config::ConfigError;
 
 #[derive(Parser)]
 #[command(name = "api", version, about = "Quayside HTTP API")]
@@ -26,43 +27,41 @@ async fn main() {
         print!("{}", api::spec_json());
         return;
     }
-    tracing_subscriber::fmt()
-        .json()
-        .with_writer(std::io::stderr)
-        .init();
-    let settings = match settings() {
+    let settings = match load_settings() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("api: {e}");
             std::process::exit(2);
         }
     };
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&settings.log_level)
+                .expect("LOG_LEVEL was validated with the settings"),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     if let Err(e) = run(cli.command, settings).await {
         eprintln!("api: {e:#}");
         std::process::exit(1);
     }
 }
 
-fn settings() -> Result<(DatabaseSettings, String, u16), ConfigError> {
-    Ok((
-        DatabaseSettings::from_source(&Env)?,
-        parse_or(&Env, "API_HOST", "0.0.0.0".to_string())?,
-        parse_or(&Env, "API_PORT", 8080u16)?,
-    ))
+fn load_settings() -> Result<Settings, ConfigError> {
+    Settings::from_source(&EnvWithDotenv::load()?)
 }
 
-async fn run(
-    command: Option<Command>,
-    (db, host, port): (DatabaseSettings, String, u16),
-) -> anyhow::Result<()> {
-    let pool = common::db::pool(&db)?;
+async fn run(command: Option<Command>, settings: Settings) -> anyhow::Result<()> {
+    let pool = common::db::pool(&settings.database)?;
     let applied = common::db::migrate(&pool).await?;
     tracing::info!(migrations_applied = applied, "migrated");
     if let Some(Command::Migrate) = command {
         return Ok(());
     }
+    let (host, port) = (settings.host.clone(), settings.port);
     let listener = poem::listener::TcpListener::bind(format!("{host}:{port}"));
-    tracing::info!(%host, port, "api listening");
+    tracing::info!(%host, port, environment = %settings.environment, "api listening");
     poem::Server::new(listener)
         .run_with_graceful_shutdown(
             api::app(pool),
