@@ -64,7 +64,7 @@ async fn run(command: Option<Command>, settings: Settings) -> anyhow::Result<()>
     tracing::info!(%host, port, environment = %settings.environment, "api listening");
     poem::Server::new(listener)
         .run_with_graceful_shutdown(
-            api::app(pool),
+            api::app(pool, &settings),
             shutdown_signal(),
             Some(std::time::Duration::from_secs(10)),
         )

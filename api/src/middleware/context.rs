@@ -66,23 +66,16 @@ impl<E: Endpoint> Endpoint for RequestContextEndpoint<E> {
             .scope(id.clone(), async move {
                 match inner.call(req).await {
                     Ok(r) => r.into_response(),
-                    Err(e) => {
-                        let pattern = e.data::<PathPattern>().cloned();
-                        let mut r = ApiError::from_poem(e).as_response();
-                        if let Some(p) = pattern {
-                            r.set_data(p);
-                        }
-                        r
-                    }
+                    Err(e) => error_response(e),
                 }
             })
             .instrument(span.clone())
             .await;
         let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
-        let route = resp
-            .data::<PathPattern>()
-            .map_or("unmatched", |p| p.0.as_ref())
-            .to_owned();
+        let route = match resp.data::<PathPattern>() {
+            Some(p) if !p.0.is_empty() => p.0.to_string(),
+            _ => "unmatched".to_owned(),
+        };
         let status = resp.status().as_u16();
         span.in_scope(|| {
             if let Some(ErrorCause(cause)) = resp.data::<ErrorCause>() {
@@ -96,6 +89,30 @@ impl<E: Endpoint> Endpoint for RequestContextEndpoint<E> {
         }
         Ok(resp)
     }
+}
+
+/// Turn errors into the JSON shape right above the routes, so that middleware which renders
+/// errors on its own (CORS does) passes ours on rather than poem's plain text.
+pub async fn errors_as_json<E: Endpoint>(ep: Arc<E>, req: Request) -> poem::Result<Response> {
+    Ok(match ep.call(req).await {
+        Ok(r) => r.into_response(),
+        Err(e) => error_response(e),
+    })
+}
+
+/// The JSON answer for `e`, keeping the matched route for the access log and metrics.
+fn error_response(e: poem::Error) -> Response {
+    // No route matched: a nest's prefix may have left a partial pattern, which is not a route.
+    let pattern = if e.is::<poem::error::NotFoundError>() {
+        None
+    } else {
+        e.data::<PathPattern>().cloned()
+    };
+    let mut r = ApiError::from_poem(e).as_response();
+    if let Some(p) = pattern {
+        r.set_data(p);
+    }
+    r
 }
 
 /// A caller's id is kept when it is 1 to 128 characters of letters, digits, `-`, `_`, `.`:

@@ -3,14 +3,13 @@
 
 use common::testing::TestDb;
 use poem::http::StatusCode;
-use poem::test::TestClient;
 
-use crate::support::{assert_error, json};
+use crate::support::{assert_error, client, json};
 
 #[tokio::test]
 async fn unknown_route_is_a_json_404_with_the_request_id() {
     let db = TestDb::new().await;
-    let cli = TestClient::new(api::app(db.pool.clone()));
+    let cli = client(&db);
     let resp = cli
         .get("/nope")
         .header("X-Request-Id", "req-42")
@@ -26,7 +25,7 @@ async fn unknown_route_is_a_json_404_with_the_request_id() {
 #[tokio::test]
 async fn wrong_method_is_a_json_405() {
     let db = TestDb::new().await;
-    let cli = TestClient::new(api::app(db.pool.clone()));
+    let cli = client(&db);
     let resp = cli.post("/health").send().await;
     resp.assert_status(StatusCode::METHOD_NOT_ALLOWED);
     assert_error(&json(resp).await, "METHOD_NOT_ALLOWED");
@@ -35,7 +34,7 @@ async fn wrong_method_is_a_json_405() {
 #[tokio::test]
 async fn a_request_id_is_made_when_missing_or_unsafe() {
     let db = TestDb::new().await;
-    let cli = TestClient::new(api::app(db.pool.clone()));
+    let cli = client(&db);
     let resp = cli
         .get("/nope")
         .header("X-Request-Id", "bad id with spaces")

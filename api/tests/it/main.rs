@@ -2,5 +2,6 @@
 //! fresh, migrated database per test. One binary; a module per feature.
 
 mod errors;
+mod middleware;
 mod probes;
 mod support;

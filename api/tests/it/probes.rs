@@ -3,10 +3,12 @@
 use common::testing::TestDb;
 use poem::test::TestClient;
 
+use crate::support::client;
+
 #[tokio::test]
 async fn health_and_ready_answer_from_the_database() {
     let db = TestDb::new().await;
-    let cli = TestClient::new(api::app(db.pool.clone()));
+    let cli = client(&db);
     let resp = cli.get("/health").send().await;
     resp.assert_status_is_ok();
     resp.assert_json(
@@ -23,7 +25,8 @@ async fn health_is_503_when_the_database_is_unreachable() {
         "postgres://nobody@127.0.0.1:{port}/none"
     )))
     .unwrap();
-    let cli = TestClient::new(api::app(pool));
+    let settings = api::config::Settings::for_database_url("postgres://unused@127.0.0.1/none");
+    let cli = TestClient::new(api::app(pool, &settings));
     let started = std::time::Instant::now();
     let resp = cli.get("/health").send().await;
     resp.assert_status(poem::http::StatusCode::SERVICE_UNAVAILABLE);

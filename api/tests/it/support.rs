@@ -1,6 +1,10 @@
 //! Helpers shared by the test modules.
 
-use poem::test::TestResponse;
+use api::config::Settings;
+use common::testing::TestDb;
+use poem::EndpointExt;
+use poem::endpoint::BoxEndpoint;
+use poem::test::{TestClient, TestResponse};
 use serde_json::Value;
 
 /// The JSON body of `resp`.
@@ -20,4 +24,21 @@ pub fn assert_error(body: &Value, code: &str) -> String {
         .to_owned();
     assert!(!id.is_empty());
     id
+}
+
+/// Settings for `db` with `extra` on top of the defaults.
+pub fn settings(db: &TestDb, extra: &[(&str, &str)]) -> Settings {
+    let mut all = vec![("DATABASE_URL", db.url.as_str())];
+    all.extend_from_slice(extra);
+    Settings::from_source(all.as_slice()).expect("valid test settings")
+}
+
+/// A client of the app on `db` with default settings.
+pub fn client(db: &TestDb) -> TestClient<BoxEndpoint<'static>> {
+    client_with(db, &[])
+}
+
+/// A client of the app on `db` with `extra` settings.
+pub fn client_with(db: &TestDb, extra: &[(&str, &str)]) -> TestClient<BoxEndpoint<'static>> {
+    TestClient::new(api::app(db.pool.clone(), &settings(db, extra)).boxed())
 }
