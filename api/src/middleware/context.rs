@@ -15,6 +15,7 @@ use poem::{Endpoint, IntoResponse, Middleware, PathPattern, Request, Response};
 use tracing::Instrument;
 
 use crate::error::{ApiError, ErrorCause};
+use crate::metrics::Metrics;
 
 /// The request id header, read and echoed.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -31,20 +32,33 @@ pub fn current_request_id() -> Option<String> {
     REQUEST_ID.try_with(|id| id.to_string()).ok()
 }
 
-/// The request-context middleware.
-pub struct RequestContext;
+/// The request-context middleware; it also counts each answer in the app's metrics.
+pub struct RequestContext {
+    metrics: Arc<Metrics>,
+}
+
+impl RequestContext {
+    /// The middleware, recording into `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { metrics }
+    }
+}
 
 impl<E: Endpoint> Middleware<E> for RequestContext {
     type Output = RequestContextEndpoint<E>;
 
     fn transform(&self, ep: E) -> Self::Output {
-        RequestContextEndpoint { inner: ep }
+        RequestContextEndpoint {
+            inner: ep,
+            metrics: self.metrics.clone(),
+        }
     }
 }
 
 /// The endpoint made by [`RequestContext`].
 pub struct RequestContextEndpoint<E> {
     inner: E,
+    metrics: Arc<Metrics>,
 }
 
 impl<E: Endpoint> Endpoint for RequestContextEndpoint<E> {
@@ -71,12 +85,15 @@ impl<E: Endpoint> Endpoint for RequestContextEndpoint<E> {
             })
             .instrument(span.clone())
             .await;
-        let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let elapsed = started.elapsed().as_secs_f64();
+        let duration_ms = elapsed * 1000.0;
         let route = match resp.data::<PathPattern>() {
             Some(p) if !p.0.is_empty() => p.0.to_string(),
             _ => "unmatched".to_owned(),
         };
         let status = resp.status().as_u16();
+        self.metrics
+            .request(method.as_str(), &route, status, elapsed);
         span.in_scope(|| {
             if let Some(ErrorCause(cause)) = resp.data::<ErrorCause>() {
                 tracing::error!(%method, %route, status, duration_ms, %cause, "request failed");

@@ -3,7 +3,7 @@
 use common::testing::TestDb;
 use poem::test::TestClient;
 
-use crate::support::client;
+use crate::support::{client, json};
 
 #[tokio::test]
 async fn health_and_ready_answer_from_the_database() {
@@ -35,6 +35,72 @@ async fn health_is_503_when_the_database_is_unreachable() {
         .send()
         .await
         .assert_status(poem::http::StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn status_reports_version_commit_and_uptime() {
+    let db = TestDb::new().await;
+    let resp = client(&db).get("/status").send().await;
+    resp.assert_status_is_ok();
+    let body = json(resp).await;
+    assert_eq!(body["version"], api::VERSION);
+    let commit = body["git_commit"].as_str().unwrap();
+    assert!(
+        commit == "unknown"
+            || (commit.len() == 40 && commit.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{commit}"
+    );
+    assert!(body["uptime_s"].as_u64().is_some());
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_and_report_pool_and_queues() {
+    let db = TestDb::new().await;
+    {
+        let conn = db.conn().await;
+        for n in 0..2 {
+            common::queue::enqueue(
+                &conn,
+                &common::queue::NewJob::unchecked("noop", serde_json::json!({"n": n})).with(
+                    common::queue::JobOptions {
+                        queue: Some("mail".into()),
+                        ..Default::default()
+                    },
+                ),
+            )
+            .await
+            .unwrap();
+        }
+    }
+    let cli = client(&db);
+    for _ in 0..3 {
+        cli.get("/health").send().await.assert_status_is_ok();
+    }
+    cli.get("/nope/123").send().await;
+    let resp = cli.get("/metrics").send().await;
+    resp.assert_status_is_ok();
+    let text = resp.0.into_body().into_string().await.unwrap();
+    let line = |prefix: &str| {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+            .to_owned()
+    };
+    assert!(
+        line(r#"quayside_http_requests_total{method="GET",route="/health",status="200"}"#)
+            .ends_with(" 3")
+    );
+    // Unknown paths share one label, so a scanner cannot blow up the series count.
+    line(r#"quayside_http_requests_total{method="GET",route="unmatched",status="404"}"#);
+    assert!(!text.contains("/nope/123"));
+    line(
+        r#"quayside_http_request_duration_seconds_bucket{method="GET",route="/health",le="0.005"}"#,
+    );
+    assert!(line(r#"quayside_queue_jobs{queue="mail",state="available"}"#).ends_with(" 2"));
+    assert!(line(r#"quayside_queue_jobs{queue="mail",state="completed"}"#).ends_with(" 0"));
+    assert!(line("quayside_db_pool_max_connections").ends_with(" 16"));
+    line("quayside_db_pool_available_connections");
+    line("quayside_db_pool_in_use_connections");
 }
 
 #[test]
