@@ -147,16 +147,6 @@ pub struct Limits {
     pub max_request_size: usize,
 }
 
-/// The first admin, created at start-up when both `ADMIN_USERNAME` and `ADMIN_PASSWORD` are
-/// set.
-#[derive(Debug, Clone)]
-pub struct AdminBootstrap {
-    /// The admin's user name.
-    pub username: String,
-    /// The admin's password.
-    pub password: Secret,
-}
-
 /// Every setting of the API.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -180,8 +170,10 @@ pub struct Settings {
     pub idempotency_ttl: Duration,
     /// `TEAM_ID_PREFIX`.
     pub team_id_prefix: String,
-    /// `ADMIN_USERNAME` and `ADMIN_PASSWORD`.
-    pub admin: Option<AdminBootstrap>,
+    /// `ADMIN_USERNAME`: with `ADMIN_PASSWORD`, the admin created at start-up.
+    pub admin_username: Option<String>,
+    /// `ADMIN_PASSWORD`: the start-up admin's password, also read by `api create-admin`.
+    pub admin_password: Option<Secret>,
 }
 
 impl Settings {
@@ -245,25 +237,14 @@ impl Settings {
         let log_level: String = parse_or(src, "LOG_LEVEL", DEFAULT_LOG_LEVEL.to_owned())?;
         tracing_subscriber::EnvFilter::try_new(&log_level)
             .map_err(|e| ConfigError::new("LOG_LEVEL", format!("{log_level:?}: {e}")))?;
-        let admin = match (src.get("ADMIN_USERNAME"), src.get("ADMIN_PASSWORD")) {
-            (Some(username), Some(password)) => Some(AdminBootstrap {
-                username,
-                password: Secret::new(password),
-            }),
-            (None, None) => None,
-            (Some(_), None) => {
-                return Err(ConfigError::new(
-                    "ADMIN_PASSWORD",
-                    "must be set when ADMIN_USERNAME is",
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(ConfigError::new(
-                    "ADMIN_USERNAME",
-                    "must be set when ADMIN_PASSWORD is",
-                ));
-            }
-        };
+        let admin_username = src.get("ADMIN_USERNAME");
+        let admin_password = src.get("ADMIN_PASSWORD").map(Secret::new);
+        if admin_username.is_some() && admin_password.is_none() {
+            return Err(ConfigError::new(
+                "ADMIN_PASSWORD",
+                "must be set when ADMIN_USERNAME is",
+            ));
+        }
         Ok(Settings {
             database: DatabaseSettings::from_source(src)?,
             host: parse_or(src, "API_HOST", DEFAULT_HOST.to_owned())?,
@@ -298,8 +279,17 @@ impl Settings {
                 DEFAULT_IDEMPOTENCY_TTL_S,
             )?),
             team_id_prefix,
-            admin,
+            admin_username,
+            admin_password,
         })
+    }
+
+    /// The admin to create at start-up, when both its name and password are set.
+    pub fn bootstrap_admin(&self) -> Option<(&str, &Secret)> {
+        Some((
+            self.admin_username.as_deref()?,
+            self.admin_password.as_ref()?,
+        ))
     }
 
     /// Defaults for a database URL: what the tests start from.
@@ -382,7 +372,7 @@ mod tests {
         assert_eq!(s.limits.rate_limit_window, Duration::from_secs(60));
         assert_eq!(s.limits.max_request_size, 10 * 1024 * 1024);
         assert!(s.cors_origins.is_empty());
-        assert!(s.admin.is_none());
+        assert!(s.bootstrap_admin().is_none());
     }
 
     #[test]
@@ -419,9 +409,11 @@ mod tests {
     }
 
     #[test]
-    fn admin_bootstrap_needs_both_halves() {
+    fn admin_bootstrap_needs_a_password() {
         assert_eq!(err(&[("ADMIN_USERNAME", "root")]).name, "ADMIN_PASSWORD");
-        assert_eq!(err(&[("ADMIN_PASSWORD", "pw")]).name, "ADMIN_USERNAME");
+        // A password alone is for `api create-admin`: no admin at start-up.
+        let s = Settings::from_source([URL, ("ADMIN_PASSWORD", "pw")].as_slice()).unwrap();
+        assert!(s.bootstrap_admin().is_none());
     }
 
     #[test]

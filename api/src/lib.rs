@@ -9,11 +9,13 @@ use poem::middleware::Cors;
 use poem::{Endpoint, EndpointExt, Route};
 use poem_openapi::OpenApiService;
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod middleware;
 pub mod probes;
+pub mod routes;
 
 use metrics::Metrics;
 use probes::Probes;
@@ -21,10 +23,39 @@ use probes::Probes;
 /// The API's version, reported by `/health` and `/status`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// Every group of operations.
+pub type Apis = (Probes, routes::auth::AuthApi, routes::api_keys::ApiKeysApi);
+
 /// The OpenAPI service (also the source of the committed `openapi.json`).
-pub fn openapi(pool: Pool, metrics: Arc<Metrics>) -> OpenApiService<Probes, ()> {
-    OpenApiService::new(Probes::new(pool, metrics), "Quayside", VERSION)
+pub fn openapi(
+    pool: Pool,
+    metrics: Arc<Metrics>,
+    settings: &config::Settings,
+) -> OpenApiService<Apis, ()> {
+    let auth = auth::Auth::new(pool.clone(), settings.secret_key.expose().as_bytes());
+    OpenApiService::new(
+        (
+            Probes::new(pool, metrics),
+            routes::auth::AuthApi::new(auth.clone(), settings.limits.trusted_proxies.clone()),
+            routes::api_keys::ApiKeysApi::new(auth),
+        ),
+        "Quayside",
+        VERSION,
+    )
+    .description(API_DESCRIPTION)
 }
+
+/// The spec's description: how errors look and how to authenticate.
+const API_DESCRIPTION: &str = "Quayside's job-queue API.
+
+Every error answers `{\"success\": false, \"error_code\", \"message\", \"details\", \"request_id\"}`. \
+Codes: VALIDATION_FAILED (422), UNAUTHORIZED (401), FORBIDDEN (403), NOT_FOUND (404), \
+METHOD_NOT_ALLOWED (405), CONFLICT (409), IDEMPOTENCY_KEY_REUSED (422), PAYLOAD_TOO_LARGE (413), \
+UNSUPPORTED_MEDIA_TYPE (415), RATE_LIMITED (429, with Retry-After), REQUEST_TIMEOUT (408), \
+SERVICE_UNAVAILABLE (503), INTERNAL_ERROR (500).
+
+Authenticate with `Authorization: Bearer <access token>` from `/api/v1/auth/login`, or, for \
+service clients, `X-API-Key: <key>` created by an admin. Roles: admin > operator > user.";
 
 /// The whole app: the API, Swagger UI at `/docs` and the spec at `/openapi.json`, behind the
 /// middleware that `settings` configure (see [`middleware`] for the order).
@@ -33,7 +64,7 @@ pub fn app(
     settings: &config::Settings,
 ) -> impl Endpoint<Output = poem::Response> + use<> {
     let metrics = Arc::new(Metrics::new());
-    let api = openapi(pool, metrics.clone());
+    let api = openapi(pool, metrics.clone(), settings);
     let docs = api.swagger_ui();
     let spec = api.spec_endpoint();
     let max_body = settings.limits.max_request_size;
@@ -93,5 +124,6 @@ pub fn spec_json() -> String {
         "postgres://localhost/unused",
     ))
     .expect("a pool never connects until used");
-    openapi(pool, Arc::new(Metrics::new())).spec() + "\n"
+    let settings = config::Settings::for_database_url("postgres://localhost/unused");
+    openapi(pool, Arc::new(Metrics::new()), &settings).spec() + "\n"
 }

@@ -18,6 +18,13 @@ enum Command {
     Migrate,
     /// Print the OpenAPI spec (what `openapi.json` holds).
     Openapi,
+    /// Create an admin user. The password is read from ADMIN_PASSWORD, else from the first
+    /// line of standard input.
+    CreateAdmin {
+        /// The admin's user name.
+        #[arg(long)]
+        username: String,
+    },
 }
 
 #[tokio::main]
@@ -56,8 +63,24 @@ async fn run(command: Option<Command>, settings: Settings) -> anyhow::Result<()>
     let pool = common::db::pool(&settings.database)?;
     let applied = common::db::migrate(&pool).await?;
     tracing::info!(migrations_applied = applied, "migrated");
-    if let Some(Command::Migrate) = command {
-        return Ok(());
+    match command {
+        Some(Command::Migrate) => return Ok(()),
+        Some(Command::CreateAdmin { username }) => {
+            let password = match &settings.admin_password {
+                Some(p) => p.expose().to_owned(),
+                None => read_password_line()?,
+            };
+            if api::auth::ensure_admin(&pool, &username, &password).await? {
+                println!("created admin {username}");
+                return Ok(());
+            }
+            anyhow::bail!("a user named {username} already exists");
+        }
+        Some(Command::Openapi) | None => {}
+    }
+    if let Some((username, password)) = settings.bootstrap_admin() {
+        let created = api::auth::ensure_admin(&pool, username, password.expose()).await?;
+        tracing::info!(%username, created, "admin from ADMIN_USERNAME");
     }
     let (host, port) = (settings.host.clone(), settings.port);
     let listener = poem::listener::TcpListener::bind(format!("{host}:{port}"));
@@ -70,6 +93,18 @@ async fn run(command: Option<Command>, settings: Settings) -> anyhow::Result<()>
         )
         .await?;
     Ok(())
+}
+
+/// The first line of standard input, without its line ending.
+fn read_password_line() -> anyhow::Result<String> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    let password = line.trim_end_matches(['\r', '\n']).to_owned();
+    anyhow::ensure!(
+        !password.is_empty(),
+        "no password: set ADMIN_PASSWORD or pipe it on standard input"
+    );
+    Ok(password)
 }
 
 async fn shutdown_signal() {

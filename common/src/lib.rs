@@ -6,6 +6,7 @@
 //! apalis, reqwest or lettre.
 #![warn(missing_docs)]
 
+pub mod accounts;
 pub mod cluster;
 pub mod config;
 pub mod db;

@@ -1,10 +1,11 @@
 //! Helpers shared by the test modules.
 
 use api::config::Settings;
+use common::accounts::Role;
 use common::testing::TestDb;
-use poem::EndpointExt;
 use poem::endpoint::BoxEndpoint;
 use poem::test::{TestClient, TestResponse};
+use poem::{Endpoint, EndpointExt};
 use serde_json::Value;
 
 /// The JSON body of `resp`.
@@ -41,4 +42,44 @@ pub fn client(db: &TestDb) -> TestClient<BoxEndpoint<'static>> {
 /// A client of the app on `db` with `extra` settings.
 pub fn client_with(db: &TestDb, extra: &[(&str, &str)]) -> TestClient<BoxEndpoint<'static>> {
     TestClient::new(api::app(db.pool.clone(), &settings(db, extra)).boxed())
+}
+
+/// A password that passes the policy.
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// Create a user with `role` directly in the database (registration only makes `user`s).
+pub async fn create_user(db: &TestDb, username: &str, role: Role) {
+    let hash = api::auth::hash_password(PASSWORD.into()).await.unwrap();
+    common::accounts::create_user(&db.conn().await, username, &hash, role)
+        .await
+        .unwrap()
+        .expect("a new user");
+}
+
+/// Log in and return the token pair.
+pub async fn login<E: Endpoint>(
+    cli: &TestClient<E>,
+    username: &str,
+    password: &str,
+) -> TestResponse {
+    cli.post("/api/v1/auth/login")
+        .body_json(&serde_json::json!({"username": username, "password": password}))
+        .send()
+        .await
+}
+
+/// A user with `role` and an access token for it.
+pub async fn token<E: Endpoint>(
+    db: &TestDb,
+    cli: &TestClient<E>,
+    username: &str,
+    role: Role,
+) -> String {
+    create_user(db, username, role).await;
+    let resp = login(cli, username, PASSWORD).await;
+    resp.assert_status_is_ok();
+    json(resp).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
