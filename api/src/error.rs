@@ -349,16 +349,38 @@ impl ApiResponse for ApiError {
 
 impl From<common::queue::QueueError> for ApiError {
     fn from(e: common::queue::QueueError) -> Self {
+        use common::jobs::ArgsError;
         use common::queue::QueueError;
         match e {
-            QueueError::Args(a) => ApiError::validation(a.to_string()),
+            QueueError::Args(a) => {
+                let (field, message) = match &a {
+                    ArgsError::UnknownKind(_) => ("kind".to_owned(), a.to_string()),
+                    ArgsError::Shape(m) => ("args".to_owned(), m.clone()),
+                    ArgsError::Invalid { field, message } => {
+                        (format!("args.{field}"), message.clone())
+                    }
+                };
+                ApiError::validation(a.to_string())
+                    .with_details(serde_json::json!({"field_errors": {field: message}}))
+            }
             QueueError::InvalidOption(field, message) => {
                 ApiError::validation(format!("invalid {field}: {message}"))
                     .with_details(serde_json::json!({"field_errors": {field: message}}))
             }
             e if e.is_connection() => ApiError::unavailable(e),
+            QueueError::Postgres(pg)
+                if pg.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) =>
+            {
+                ApiError::conflict("an unfinished job already holds this job's unique key")
+            }
             e => ApiError::internal(e),
         }
+    }
+}
+
+impl From<tokio_postgres::Error> for ApiError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        ApiError::from(common::queue::QueueError::from(e))
     }
 }
 

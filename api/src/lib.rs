@@ -24,7 +24,14 @@ use probes::Probes;
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Every group of operations.
-pub type Apis = (Probes, routes::auth::AuthApi, routes::api_keys::ApiKeysApi);
+pub type Apis = (
+    Probes,
+    routes::auth::AuthApi,
+    routes::api_keys::ApiKeysApi,
+    routes::jobs::JobsApi,
+    routes::queues::QueuesApi,
+    routes::audit::AuditApi,
+);
 
 /// The OpenAPI service (also the source of the committed `openapi.json`).
 pub fn openapi(
@@ -37,7 +44,10 @@ pub fn openapi(
         (
             Probes::new(pool, metrics),
             routes::auth::AuthApi::new(auth.clone(), settings.limits.trusted_proxies.clone()),
-            routes::api_keys::ApiKeysApi::new(auth),
+            routes::api_keys::ApiKeysApi::new(auth.clone()),
+            routes::jobs::JobsApi::new(auth.clone()),
+            routes::queues::QueuesApi::new(auth.clone()),
+            routes::audit::AuditApi::new(auth),
         ),
         "Quayside",
         VERSION,

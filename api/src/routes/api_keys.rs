@@ -9,7 +9,7 @@ use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
-use super::Tag;
+use super::{Tag, audit};
 use crate::auth::{Auth, Credentials, account_error, random_token, sha256};
 use crate::error::ApiError;
 
@@ -146,12 +146,14 @@ impl ApiKeysApi {
     /// Revoke a key (admin); 404 when there is no such live key.
     #[oai(path = "/:id", method = "delete")]
     async fn revoke(&self, creds: Credentials, id: Path<i64>) -> Result<Revoked, ApiError> {
-        self.auth.require(&creds, Role::Admin).await?;
+        let admin = self.auth.require(&creds, Role::Admin).await?;
         let conn = self.auth.pool().get().await?;
         if accounts::revoke_api_key(&conn, id.0)
             .await
             .map_err(account_error)?
         {
+            let target = Some(format!("api_key:{}", id.0));
+            audit(&conn, &admin, "api_key.revoke", target, None, 1).await?;
             Ok(Revoked::Done)
         } else {
             Err(ApiError::not_found("no such live API key"))

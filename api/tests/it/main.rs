@@ -3,6 +3,7 @@
 
 mod auth;
 mod errors;
+mod jobs;
 mod middleware;
 mod probes;
 mod support;
