@@ -6,4 +6,5 @@ mod errors;
 mod jobs;
 mod middleware;
 mod probes;
+mod server;
 mod support;
