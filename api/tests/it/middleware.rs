@@ -7,7 +7,7 @@ use futures::StreamExt;
 use poem::Body;
 use poem::http::StatusCode;
 
-use crate::support::{assert_error, client, client_with, json};
+use crate::support::{Captured, assert_error, client, client_with, json};
 
 #[tokio::test]
 async fn rate_limit_answers_429_with_retry_after_and_spares_probes() {
@@ -203,27 +203,6 @@ async fn security_headers_on_every_answer_and_hsts_in_production() {
         "strict-transport-security",
         "max-age=31536000; includeSubDomains",
     );
-}
-
-/// A `MakeWriter` into a shared buffer.
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
 }
 
 #[tokio::test]
