@@ -1,5 +1,6 @@
-//! Quayside's HTTP API: the probes, metrics and the spec, behind the middleware stack that gives every
-//! answer a request id and every error the one JSON shape ([`error::ApiError`]).
+//! Quayside's HTTP API: auth, the operator endpoints for jobs, queues, workers and the audit
+//! log, the probes, metrics and the spec, behind the middleware stack that gives every answer
+//! a request id and every error the one JSON shape ([`error::ApiError`]).
 
 use std::sync::Arc;
 
