@@ -77,6 +77,10 @@ async fn metrics_count_requests_by_route_and_report_pool_and_queues() {
         cli.get("/health").send().await.assert_status_is_ok();
     }
     cli.get("/nope/123").send().await;
+    cli.get("/api/v1/jobs/123")
+        .send()
+        .await
+        .assert_status(poem::http::StatusCode::UNAUTHORIZED);
     let resp = cli.get("/metrics").send().await;
     resp.assert_status_is_ok();
     let text = resp.0.into_body().into_string().await.unwrap();
@@ -93,6 +97,13 @@ async fn metrics_count_requests_by_route_and_report_pool_and_queues() {
     // Unknown paths share one label, so a scanner cannot blow up the series count.
     line(r#"quayside_http_requests_total{method="GET",route="unmatched",status="404"}"#);
     assert!(!text.contains("/nope/123"));
+    // Routes with parameters are counted by their template, not the raw path (poem-openapi
+    // names path parameters `param0`, `param1`, ... in the routes it builds).
+    assert!(
+        text.contains(r#"route="/api/v1/jobs/:param0",status="401""#),
+        "{text}"
+    );
+    assert!(!text.contains("/api/v1/jobs/123"));
     line(
         r#"quayside_http_request_duration_seconds_bucket{method="GET",route="/health",le="0.005"}"#,
     );
