@@ -1,8 +1,9 @@
 //! `api`: serve the HTTP API (`api`), apply migrations (`api migrate`), or print the OpenAPI
 //! spec (`api openapi`).
 
+use api::config::{EnvWithDotenv, Settings};
 use clap::{Parser, Subcommand};
-use common::config::{ConfigError, DatabaseSettings, Env, parse_or};
+use common::config::ConfigError;
 
 #[derive(Parser)]
 #[command(name = "api", version, about = "Quayside HTTP API")]
@@ -17,6 +18,13 @@ enum Command {
     Migrate,
     /// Print the OpenAPI spec (what `openapi.json` holds).
     Openapi,
+    /// Create an admin user. The password is read from ADMIN_PASSWORD, else from the first
+    /// line of standard input.
+    CreateAdmin {
+        /// The admin's user name.
+        #[arg(long)]
+        username: String,
+    },
 }
 
 #[tokio::main]
@@ -26,51 +34,77 @@ async fn main() {
         print!("{}", api::spec_json());
         return;
     }
-    tracing_subscriber::fmt()
-        .json()
-        .with_writer(std::io::stderr)
-        .init();
-    let settings = match settings() {
+    let settings = match load_settings() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("api: {e}");
             std::process::exit(2);
         }
     };
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&settings.log_level)
+                .expect("LOG_LEVEL was validated with the settings"),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     if let Err(e) = run(cli.command, settings).await {
         eprintln!("api: {e:#}");
         std::process::exit(1);
     }
 }
 
-fn settings() -> Result<(DatabaseSettings, String, u16), ConfigError> {
-    Ok((
-        DatabaseSettings::from_source(&Env)?,
-        parse_or(&Env, "API_HOST", "0.0.0.0".to_string())?,
-        parse_or(&Env, "API_PORT", 8080u16)?,
-    ))
+fn load_settings() -> Result<Settings, ConfigError> {
+    Settings::from_source(&EnvWithDotenv::load()?)
 }
 
-async fn run(
-    command: Option<Command>,
-    (db, host, port): (DatabaseSettings, String, u16),
-) -> anyhow::Result<()> {
-    let pool = common::db::pool(&db)?;
+async fn run(command: Option<Command>, settings: Settings) -> anyhow::Result<()> {
+    let pool = common::db::pool(&settings.database)?;
     let applied = common::db::migrate(&pool).await?;
     tracing::info!(migrations_applied = applied, "migrated");
-    if let Some(Command::Migrate) = command {
-        return Ok(());
+    match command {
+        Some(Command::Migrate) => return Ok(()),
+        Some(Command::CreateAdmin { username }) => {
+            let password = match &settings.admin_password {
+                Some(p) => p.expose().to_owned(),
+                None => read_password_line()?,
+            };
+            if api::auth::ensure_admin(&pool, &username, &password).await? {
+                println!("created admin {username}");
+                return Ok(());
+            }
+            anyhow::bail!("a user named {username} already exists");
+        }
+        Some(Command::Openapi) | None => {}
     }
+    if let Some((username, password)) = settings.bootstrap_admin() {
+        let created = api::auth::ensure_admin(&pool, username, password.expose()).await?;
+        tracing::info!(%username, created, "admin from ADMIN_USERNAME");
+    }
+    let (host, port) = (settings.host.clone(), settings.port);
     let listener = poem::listener::TcpListener::bind(format!("{host}:{port}"));
-    tracing::info!(%host, port, "api listening");
+    tracing::info!(%host, port, environment = %settings.environment, "api listening");
     poem::Server::new(listener)
         .run_with_graceful_shutdown(
-            api::app(pool),
+            api::app(pool, &settings),
             shutdown_signal(),
             Some(std::time::Duration::from_secs(10)),
         )
         .await?;
     Ok(())
+}
+
+/// The first line of standard input, without its line ending.
+fn read_password_line() -> anyhow::Result<String> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    let password = line.trim_end_matches(['\r', '\n']).to_owned();
+    anyhow::ensure!(
+        !password.is_empty(),
+        "no password: set ADMIN_PASSWORD or pipe it on standard input"
+    );
+    Ok(password)
 }
 
 async fn shutdown_signal() {

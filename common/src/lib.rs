@@ -6,6 +6,8 @@
 //! apalis, reqwest or lettre.
 #![warn(missing_docs)]
 
+pub mod accounts;
+pub mod audit;
 pub mod cluster;
 pub mod config;
 pub mod db;

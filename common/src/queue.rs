@@ -4,6 +4,7 @@
 //! `worker` fetches, records outcomes and runs maintenance through these functions, never by
 //! writing SQL of its own. Hot paths are set-based: one round trip per batch, not per job.
 
+pub mod admin;
 pub mod control;
 pub mod enqueue;
 pub mod fetch;

@@ -1,6 +1,8 @@
 //! Integration tests of `common` against a real PostgreSQL: each test gets a fresh, migrated
 //! database (`TestDb`) on the run's private cluster. One binary; a module per feature.
 
+mod accounts;
+mod admin;
 mod enqueue;
 mod enqueue_many;
 mod fetch;

@@ -1,0 +1,144 @@
+//! The probes and service information: `/health`, `/ready`, `/status`, `/metrics`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::Pool;
+use poem_openapi::payload::{Json, PlainText};
+use poem_openapi::{ApiResponse, Object, OpenApi};
+
+use crate::VERSION;
+use crate::metrics::Metrics;
+
+/// The git commit the binary was built from, or `unknown`.
+pub const GIT_COMMIT: &str = match option_env!("QUAYSIDE_GIT_COMMIT") {
+    Some(c) => c,
+    None => "unknown",
+};
+
+/// How long a probe waits for the database.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The probes.
+pub struct Probes {
+    pool: Pool,
+    metrics: Arc<Metrics>,
+    started: Instant,
+}
+
+impl Probes {
+    /// Probes of `pool`, reporting into `metrics`.
+    pub fn new(pool: Pool, metrics: Arc<Metrics>) -> Self {
+        Self {
+            pool,
+            metrics,
+            started: Instant::now(),
+        }
+    }
+}
+
+/// Health of the service and its database.
+#[derive(Object)]
+pub struct Health {
+    /// `healthy` or `unhealthy` (`ready` or `not_ready` for `/ready`).
+    pub status: String,
+    /// `connected` or `unreachable`.
+    pub database: String,
+    /// The running version.
+    pub version: String,
+}
+
+/// `/health` and `/ready` answers.
+#[derive(ApiResponse)]
+pub enum HealthResponse {
+    /// The database answers.
+    #[oai(status = 200)]
+    Healthy(Json<Health>),
+    /// The database does not answer within a second.
+    #[oai(status = 503)]
+    Unhealthy(Json<Health>),
+}
+
+/// What is running.
+#[derive(Object)]
+pub struct Status {
+    /// The running version.
+    pub version: String,
+    /// The git commit it was built from, or `unknown`.
+    pub git_commit: String,
+    /// Seconds since the app was built (the process started serving).
+    pub uptime_s: u64,
+}
+
+#[OpenApi]
+impl Probes {
+    /// Liveness and database connectivity; answers within about a second.
+    #[oai(path = "/health", method = "get")]
+    async fn health(&self) -> HealthResponse {
+        let ok = tokio::time::timeout(PROBE_TIMEOUT, async {
+            let conn = self.pool.get().await.ok()?;
+            conn.simple_query("SELECT 1").await.ok()
+        })
+        .await
+        .ok()
+        .flatten()
+        .is_some();
+        if ok {
+            HealthResponse::Healthy(health("healthy", "connected"))
+        } else {
+            HealthResponse::Unhealthy(health("unhealthy", "unreachable"))
+        }
+    }
+
+    /// Readiness: 200 once migrations are applied and the pool works, else 503.
+    #[oai(path = "/ready", method = "get")]
+    async fn ready(&self) -> HealthResponse {
+        let ready = tokio::time::timeout(PROBE_TIMEOUT, common::db::is_migrated(&self.pool))
+            .await
+            .is_ok_and(|r| r.unwrap_or(false));
+        if ready {
+            HealthResponse::Healthy(health("ready", "connected"))
+        } else {
+            HealthResponse::Unhealthy(health("not_ready", "unreachable or not migrated"))
+        }
+    }
+
+    /// Version, build commit and uptime.
+    #[oai(path = "/status", method = "get")]
+    async fn status(&self) -> Json<Status> {
+        Json(Status {
+            version: VERSION.into(),
+            git_commit: GIT_COMMIT.into(),
+            uptime_s: self.started.elapsed().as_secs(),
+        })
+    }
+
+    /// Prometheus metrics (text format): requests by route and status, latency, the pool,
+    /// and jobs by queue and state. Queue depth is left out of a scrape when the database
+    /// does not answer within a second.
+    #[oai(path = "/metrics", method = "get")]
+    async fn metrics(&self) -> PlainText<String> {
+        self.metrics.pool(self.pool.status());
+        let depth = tokio::time::timeout(PROBE_TIMEOUT, async {
+            let conn = self.pool.get().await.map_err(|e| e.to_string())?;
+            common::queue::admin::depth(&conn)
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|_| Err("timed out".into()));
+        match depth {
+            Ok(depth) => self.metrics.queue_depth(&depth),
+            Err(error) => tracing::warn!(%error, "queue depth not read for /metrics"),
+        }
+        PlainText(self.metrics.render())
+    }
+}
+
+fn health(status: &str, database: &str) -> Json<Health> {
+    Json(Health {
+        status: status.into(),
+        database: database.into(),
+        version: VERSION.into(),
+    })
+}

@@ -1,0 +1,10 @@
+//! Integration tests of the API: the app runs in-process (`poem::test::TestClient`) against a
+//! fresh, migrated database per test. One binary; a module per feature.
+
+mod auth;
+mod errors;
+mod jobs;
+mod middleware;
+mod probes;
+mod server;
+mod support;

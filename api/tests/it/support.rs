@@ -1,0 +1,113 @@
+//! Helpers shared by the test modules.
+
+use api::config::Settings;
+use common::accounts::Role;
+use common::testing::TestDb;
+use poem::endpoint::BoxEndpoint;
+use poem::test::{TestClient, TestResponse};
+use poem::{Endpoint, EndpointExt};
+use serde_json::Value;
+
+/// The JSON body of `resp`.
+pub async fn json(resp: TestResponse) -> Value {
+    resp.0.into_body().into_json().await.expect("a JSON body")
+}
+
+/// Assert that `body` is the one error shape with `code`, and return its request id.
+pub fn assert_error(body: &Value, code: &str) -> String {
+    assert_eq!(body["success"], Value::Bool(false), "{body}");
+    assert_eq!(body["error_code"], code, "{body}");
+    assert!(body["message"].is_string(), "{body}");
+    assert!(body["details"].is_object(), "{body}");
+    let id = body["request_id"]
+        .as_str()
+        .expect("a request id")
+        .to_owned();
+    assert!(!id.is_empty());
+    id
+}
+
+/// Settings for `db` with `extra` on top of the defaults.
+pub fn settings(db: &TestDb, extra: &[(&str, &str)]) -> Settings {
+    let mut all = vec![("DATABASE_URL", db.url.as_str())];
+    all.extend_from_slice(extra);
+    Settings::from_source(all.as_slice()).expect("valid test settings")
+}
+
+/// A client of the app on `db` with default settings.
+pub fn client(db: &TestDb) -> TestClient<BoxEndpoint<'static>> {
+    client_with(db, &[])
+}
+
+/// A client of the app on `db` with `extra` settings.
+pub fn client_with(db: &TestDb, extra: &[(&str, &str)]) -> TestClient<BoxEndpoint<'static>> {
+    TestClient::new(api::app(db.pool.clone(), &settings(db, extra)).boxed())
+}
+
+/// A password that passes the policy.
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// Create a user with `role` directly in the database (registration only makes `user`s).
+pub async fn create_user(db: &TestDb, username: &str, role: Role) {
+    let hash = api::auth::hash_password(PASSWORD.into()).await.unwrap();
+    common::accounts::create_user(&db.conn().await, username, &hash, role)
+        .await
+        .unwrap()
+        .expect("a new user");
+}
+
+/// Log in and return the token pair.
+pub async fn login<E: Endpoint>(
+    cli: &TestClient<E>,
+    username: &str,
+    password: &str,
+) -> TestResponse {
+    cli.post("/api/v1/auth/login")
+        .body_json(&serde_json::json!({"username": username, "password": password}))
+        .send()
+        .await
+}
+
+/// A user with `role` and an access token for it.
+pub async fn token<E: Endpoint>(
+    db: &TestDb,
+    cli: &TestClient<E>,
+    username: &str,
+    role: Role,
+) -> String {
+    create_user(db, username, role).await;
+    let resp = login(cli, username, PASSWORD).await;
+    resp.assert_status_is_ok();
+    json(resp).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// A `MakeWriter` into a shared buffer.
+#[derive(Clone, Default)]
+pub struct Captured(pub std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+impl Captured {
+    /// Everything written so far.
+    pub fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}

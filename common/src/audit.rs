@@ -1,0 +1,103 @@
+//! The audit log of operator actions: appended after each action, read newest first.
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
+
+/// Errors of the audit statements.
+pub type Error = tokio_postgres::Error;
+
+/// An action to record.
+#[derive(Debug, Clone)]
+pub struct NewEntry<'a> {
+    /// Who: `user:<name>` or `api_key:<name>`.
+    pub actor: &'a str,
+    /// What, e.g. `job.retry`.
+    pub action: &'a str,
+    /// The object acted on, e.g. `job:42`.
+    pub target: Option<String>,
+    /// The filter of a bulk action.
+    pub filter: Option<serde_json::Value>,
+    /// Rows changed.
+    pub count: i64,
+    /// The request's id.
+    pub request_id: Option<String>,
+}
+
+/// A recorded action.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// Increasing id; the cursor of the listing.
+    pub id: i64,
+    /// Who.
+    pub actor: String,
+    /// What.
+    pub action: String,
+    /// The object acted on.
+    pub target: Option<String>,
+    /// The filter of a bulk action.
+    pub filter: Option<serde_json::Value>,
+    /// Rows changed.
+    pub count: i64,
+    /// The request's id.
+    pub request_id: Option<String>,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+const INSERT: &str = "
+INSERT INTO audit_log (actor, action, target, filter, count, request_id)
+VALUES ($1, $2, $3, $4, $5, $6)";
+
+/// Append `e`.
+pub async fn record(client: &impl GenericClient, e: &NewEntry<'_>) -> Result<(), Error> {
+    let stmt = client.prepare_cached(INSERT).await?;
+    client
+        .execute(
+            &stmt,
+            &[
+                &e.actor,
+                &e.action,
+                &e.target,
+                &e.filter,
+                &e.count,
+                &e.request_id,
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+const LIST: &str = "
+SELECT id, actor, action, target, filter, count, request_id, at FROM audit_log
+ WHERE ($1::bigint IS NULL OR id < $1)
+   AND ($2::text IS NULL OR action = $2)
+   AND ($3::text IS NULL OR actor = $3)
+ ORDER BY id DESC LIMIT $4";
+
+/// Entries older than `before` (an id; all when `None`), newest first, at most `limit`,
+/// optionally only of `action` or `actor`.
+pub async fn list(
+    client: &impl GenericClient,
+    before: Option<i64>,
+    action: Option<&str>,
+    actor: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Entry>, Error> {
+    let stmt = client.prepare_cached(LIST).await?;
+    let rows = client
+        .query(&stmt, &[&before, &action, &actor, &limit])
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Entry {
+            id: r.get(0),
+            actor: r.get(1),
+            action: r.get(2),
+            target: r.get(3),
+            filter: r.get(4),
+            count: r.get(5),
+            request_id: r.get(6),
+            at: r.get(7),
+        })
+        .collect())
+}

@@ -1,0 +1,356 @@
+//! Reads and bulk actions for operators and the API: queue depth, per-queue statistics,
+//! listing and filtering jobs, and the workers table.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
+use serde::Serialize;
+
+use super::job::{JOB_COLUMNS, JobRow, JobState};
+use super::{NOTIFY_CHANNEL, Result};
+
+/// How many jobs of one queue are in one state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueDepth {
+    /// The queue.
+    pub queue: String,
+    /// The state.
+    pub state: JobState,
+    /// How many jobs.
+    pub count: i64,
+}
+
+const DEPTH: &str =
+    "SELECT queue, state, count(*) FROM jobs GROUP BY queue, state ORDER BY queue, state";
+
+/// Jobs by queue and state; combinations with no jobs are absent.
+pub async fn depth(client: &impl GenericClient) -> Result<Vec<QueueDepth>> {
+    let stmt = client.prepare_cached(DEPTH).await?;
+    Ok(client
+        .query(&stmt, &[])
+        .await?
+        .iter()
+        .map(|r| QueueDepth {
+            queue: r.get(0),
+            state: r.get(1),
+            count: r.get(2),
+        })
+        .collect())
+}
+
+/// Which jobs a listing or a bulk action is about; `None` fields match everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct JobFilter {
+    /// Only this queue.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// Only this kind.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Only this state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<JobState>,
+    /// Only jobs with this tag.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// Only jobs created at or after this time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_after: Option<DateTime<Utc>>,
+    /// Only jobs created before this time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_before: Option<DateTime<Utc>>,
+}
+
+impl JobFilter {
+    /// True when nothing is filtered: every job matches.
+    pub fn is_empty(&self) -> bool {
+        *self == JobFilter::default()
+    }
+}
+
+/// The filter as SQL over `jobs j`, parameters `$1` to `$6` in [`JobFilter`]'s field order.
+macro_rules! job_filter {
+    () => {
+        "($1::text IS NULL OR j.queue = $1)
+     AND ($2::text IS NULL OR j.kind = $2)
+     AND ($3::job_state IS NULL OR j.state = $3)
+     AND ($4::text IS NULL OR j.tags @> ARRAY[$4::text])
+     AND ($5::timestamptz IS NULL OR j.created_at >= $5)
+     AND ($6::timestamptz IS NULL OR j.created_at < $6)"
+    };
+}
+
+/// Follows `SELECT {JOB_COLUMNS}`.
+const LIST_JOBS_FROM: &str = concat!(
+    "FROM jobs j WHERE ",
+    job_filter!(),
+    " AND ($7::bigint IS NULL OR j.id < $7) ORDER BY j.id DESC LIMIT $8"
+);
+
+/// Jobs matching `filter`, newest first, with ids below `before` (keyset pagination: pass
+/// the last id of the previous page), at most `limit`.
+pub async fn list_jobs(
+    client: &impl GenericClient,
+    filter: &JobFilter,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<JobRow>> {
+    let sql = format!("SELECT {JOB_COLUMNS} {LIST_JOBS_FROM}");
+    let stmt = client.prepare_cached(&sql).await?;
+    let rows = client
+        .query(
+            &stmt,
+            &[
+                &filter.queue,
+                &filter.kind,
+                &filter.state,
+                &filter.tag,
+                &filter.created_after,
+                &filter.created_before,
+                &before,
+                &limit,
+            ],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(JobRow::try_from)
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Rows a bulk action changes per statement: each batch commits on its own, so a
+/// million-row action never holds a million row locks, and workers interleave with it.
+pub const BULK_BATCH: i64 = 1000;
+
+const BULK_CANCEL: &str = concat!(
+    "WITH batch AS (SELECT j.id FROM jobs j WHERE ",
+    job_filter!(),
+    " AND j.state NOT IN ('completed', 'discarded', 'cancelled')
+      ORDER BY j.id LIMIT $7 FOR UPDATE)
+UPDATE jobs SET state = 'cancelled', finished_at = now(), lease_expires_at = NULL
+  FROM batch WHERE jobs.id = batch.id"
+);
+
+/// Cancel every unfinished job matching `filter`, `batch` rows per statement. Returns how
+/// many were cancelled. Running jobs are cancelled too; their workers' late outcomes are
+/// refused by the fence.
+pub async fn bulk_cancel(
+    client: &impl GenericClient,
+    filter: &JobFilter,
+    batch: i64,
+) -> Result<u64> {
+    let stmt = client.prepare_cached(BULK_CANCEL).await?;
+    let mut total = 0;
+    loop {
+        let n = client
+            .execute(&stmt, &filter_params(filter, &batch))
+            .await?;
+        total += n;
+        if n < batch as u64 {
+            return Ok(total);
+        }
+    }
+}
+
+const BULK_DELETE: &str = concat!(
+    "WITH batch AS (SELECT j.id FROM jobs j WHERE ",
+    job_filter!(),
+    " AND j.state <> 'running' ORDER BY j.id LIMIT $7 FOR UPDATE)
+DELETE FROM jobs USING batch WHERE jobs.id = batch.id"
+);
+
+/// Delete every job matching `filter` except running ones (cancel those first), `batch`
+/// rows per statement. Returns how many were deleted.
+pub async fn bulk_delete(
+    client: &impl GenericClient,
+    filter: &JobFilter,
+    batch: i64,
+) -> Result<u64> {
+    let stmt = client.prepare_cached(BULK_DELETE).await?;
+    let mut total = 0;
+    loop {
+        let n = client
+            .execute(&stmt, &filter_params(filter, &batch))
+            .await?;
+        total += n;
+        if n < batch as u64 {
+            return Ok(total);
+        }
+    }
+}
+
+const BULK_RETRY: &str = concat!(
+    "WITH batch AS (
+  SELECT j.id, j.unique_key FROM jobs j WHERE ",
+    job_filter!(),
+    " AND j.state IN ('scheduled', 'retryable', 'completed', 'discarded', 'cancelled')
+    AND (j.unique_key IS NULL OR NOT EXISTS (
+          SELECT 1 FROM jobs o
+           WHERE o.unique_key = j.unique_key
+             AND o.state IN ('available', 'scheduled', 'running', 'retryable') AND o.id <> j.id))
+  ORDER BY j.id LIMIT $7 FOR UPDATE),
+pick AS (SELECT min(id) AS id FROM batch GROUP BY coalesce(unique_key, id::text)),
+retried AS (
+  UPDATE jobs j SET state = 'available', run_at = now(), finished_at = NULL,
+                    max_attempts = greatest(j.max_attempts, j.attempt + 1)
+    FROM pick WHERE j.id = pick.id
+  RETURNING j.queue)
+SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM retried),
+       ARRAY(SELECT DISTINCT queue FROM retried)"
+);
+
+/// Make every job matching `filter` that is waiting or finished available to run now (with
+/// a fresh attempt if it had used its budget), `batch` rows per statement, waking the
+/// workers of the queues concerned. Running and available jobs are left alone, and of jobs
+/// sharing a unique key only one is retried, never one whose key an unfinished job holds.
+/// Returns how many were retried.
+pub async fn bulk_retry(
+    client: &impl GenericClient,
+    filter: &JobFilter,
+    batch: i64,
+) -> Result<u64> {
+    let stmt = client.prepare_cached(BULK_RETRY).await?;
+    let mut total = 0;
+    loop {
+        let row = client
+            .query_one(&stmt, &filter_params(filter, &batch))
+            .await?;
+        let (seen, retried, queues): (i64, i64, Vec<String>) = (row.get(0), row.get(1), row.get(2));
+        total += retried as u64;
+        for queue in &queues {
+            client
+                .execute("SELECT pg_notify($1, $2)", &[&NOTIFY_CHANNEL, queue])
+                .await?;
+        }
+        if seen < batch {
+            return Ok(total);
+        }
+    }
+}
+
+fn filter_params<'a>(
+    f: &'a JobFilter,
+    batch: &'a i64,
+) -> [&'a (dyn postgres_types::ToSql + Sync); 7] {
+    [
+        &f.queue,
+        &f.kind,
+        &f.state,
+        &f.tag,
+        &f.created_after,
+        &f.created_before,
+        batch,
+    ]
+}
+
+/// One queue's state for operators.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueStats {
+    /// The queue.
+    pub name: String,
+    /// Workers do not fetch from it.
+    pub paused: bool,
+    /// Jobs by state (every state, in [`JobState::ALL`] order, zeros included).
+    pub counts: Vec<(JobState, i64)>,
+    /// Seconds the oldest available job has been due; `None` when none is available.
+    pub oldest_available_age_s: Option<f64>,
+    /// Jobs completed per minute, averaged over the last hour.
+    pub completed_per_minute: f64,
+    /// Jobs discarded (failed for good) per minute, averaged over the last hour.
+    pub failed_per_minute: f64,
+}
+
+const QUEUE_ACTIVITY: &str = "
+SELECT queue,
+       extract(epoch FROM now() - min(run_at) FILTER (WHERE state = 'available'))::float8,
+       count(*) FILTER (WHERE state = 'completed' AND finished_at > now() - interval '1 hour'),
+       count(*) FILTER (WHERE state = 'discarded' AND finished_at > now() - interval '1 hour')
+  FROM jobs GROUP BY queue";
+
+const PAUSED: &str = "SELECT name, paused FROM queues";
+
+/// Every queue that has jobs or settings, by name.
+pub async fn queue_stats(client: &impl GenericClient) -> Result<Vec<QueueStats>> {
+    let depth = depth(client).await?;
+    let activity = client.query(QUEUE_ACTIVITY, &[]).await?;
+    let paused: BTreeMap<String, bool> = client
+        .query(PAUSED, &[])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let names: BTreeSet<String> = depth
+        .iter()
+        .map(|d| d.queue.clone())
+        .chain(paused.keys().cloned())
+        .collect();
+    Ok(names
+        .into_iter()
+        .map(|name| {
+            let counts = JobState::ALL
+                .iter()
+                .map(|s| {
+                    let n = depth
+                        .iter()
+                        .find(|d| d.queue == name && d.state == *s)
+                        .map_or(0, |d| d.count);
+                    (*s, n)
+                })
+                .collect();
+            let act = activity.iter().find(|r| r.get::<_, String>(0) == name);
+            QueueStats {
+                paused: paused.get(&name).copied().unwrap_or(false),
+                counts,
+                oldest_available_age_s: act.and_then(|r| r.get(1)),
+                completed_per_minute: act.map_or(0.0, |r| r.get::<_, i64>(2) as f64 / 60.0),
+                failed_per_minute: act.map_or(0.0, |r| r.get::<_, i64>(3) as f64 / 60.0),
+                name,
+            }
+        })
+        .collect())
+}
+
+/// A live worker process, as it last reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Worker {
+    /// Unique per process start.
+    pub id: String,
+    /// Its host.
+    pub host: String,
+    /// Its process id.
+    pub pid: i32,
+    /// The queues it serves.
+    pub queues: Vec<String>,
+    /// Its job slots.
+    pub concurrency: i32,
+    /// Jobs it held at its last heartbeat.
+    pub in_flight: i32,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// Its last heartbeat.
+    pub heartbeat_at: DateTime<Utc>,
+}
+
+const WORKERS: &str = "
+SELECT id, host, pid, queues, concurrency, in_flight, started_at, heartbeat_at
+  FROM workers ORDER BY started_at, id";
+
+/// Every worker in the workers table (silent ones are reaped by maintenance).
+pub async fn list_workers(client: &impl GenericClient) -> Result<Vec<Worker>> {
+    Ok(client
+        .query(WORKERS, &[])
+        .await?
+        .iter()
+        .map(|r| Worker {
+            id: r.get(0),
+            host: r.get(1),
+            pid: r.get(2),
+            queues: r.get(3),
+            concurrency: r.get(4),
+            in_flight: r.get(5),
+            started_at: r.get(6),
+            heartbeat_at: r.get(7),
+        })
+        .collect())
+}
