@@ -27,7 +27,7 @@ use tower::{Layer, Service};
 
 use crate::completer::CompleterHandle;
 use crate::handlers::{Handlers, JobError};
-use crate::metrics;
+use crate::metrics::QueueMetrics;
 
 /// The backend of one queue's apalis worker.
 #[derive(Clone)]
@@ -44,6 +44,7 @@ impl QueueBackend {
         slots: Arc<Semaphore>,
         completer: CompleterHandle,
         handlers: Handlers,
+        metrics: Arc<QueueMetrics>,
     ) -> Self {
         Self {
             rx: Arc::new(Mutex::new(rx)),
@@ -51,6 +52,7 @@ impl QueueBackend {
                 slots,
                 completer,
                 handlers,
+                metrics,
             },
         }
     }
@@ -128,6 +130,7 @@ pub struct OutcomeLayer {
     slots: Arc<Semaphore>,
     completer: CompleterHandle,
     handlers: Handlers,
+    metrics: Arc<QueueMetrics>,
 }
 
 impl<S> Layer<S> for OutcomeLayer {
@@ -165,8 +168,8 @@ where
     fn call(&mut self, task: Task<FetchedJob>) -> Self::Future {
         let job = &task.args;
         let (id, attempt, max_attempts) = (job.id, job.attempt, job.max_attempts);
-        let labels = metrics::JobLabels::new(&job.queue, &job.kind);
-        metrics::started(&labels, job.run_at);
+        self.layer.metrics.started(job.run_at);
+        let kind = job.kind.clone();
         let spec = self.layer.handlers.spec(&job.kind);
         let layer = self.layer.clone();
         let started = Instant::now();
@@ -178,7 +181,7 @@ where
                 Ok(v) => Outcome::Completed(Some(v.clone())),
                 Err(e) => decide(e.as_ref(), attempt, max_attempts, spec),
             };
-            metrics::finished(&labels, &outcome, started.elapsed());
+            layer.metrics.finished(&kind, &outcome, started.elapsed());
             layer
                 .completer
                 .send(AttemptOutcome {

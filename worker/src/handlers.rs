@@ -143,6 +143,11 @@ impl Handlers {
         Ok(())
     }
 
+    /// The kinds this worker handles.
+    pub fn kinds(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.by_kind.keys().copied()
+    }
+
     /// The spec of `kind`, if this worker handles it.
     pub fn spec(&self, kind: &str) -> Option<&'static KindSpec> {
         self.by_kind.get(kind).map(|(s, _)| *s)

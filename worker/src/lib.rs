@@ -108,6 +108,7 @@ pub async fn run(settings: WorkerSettings, stop: CancellationToken) -> anyhow::R
         let (tx, rx) = mpsc::channel::<FetchedJob>(*slots);
         let wake = Arc::new(Notify::new());
         wakers.insert(queue.to_string(), wake.clone());
+        let queue_metrics = Arc::new(metrics::QueueMetrics::new(&queue, handlers.kinds()));
         let producer = Producer {
             queue: queue.clone(),
             pool: fetch_pool.clone(),
@@ -119,9 +120,16 @@ pub async fn run(settings: WorkerSettings, stop: CancellationToken) -> anyhow::R
             tx,
             wake,
             held: held.clone(),
+            metrics: queue_metrics.clone(),
         };
         tasks.spawn(producer.run(stop.clone()));
-        let backend = QueueBackend::new(rx, sem, completer_handle.clone(), handlers.clone());
+        let backend = QueueBackend::new(
+            rx,
+            sem,
+            completer_handle.clone(),
+            handlers.clone(),
+            queue_metrics,
+        );
         let name = format!("{worker}/{queue}");
         let handlers = handlers.clone();
         let slots = *slots;

@@ -1,12 +1,13 @@
 //! Prometheus metrics of the worker, served on `METRICS_PORT` at `/metrics`.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use common::queue::outcome::Outcome;
-use metrics::{counter, histogram};
+use metrics::{Counter, Histogram, counter, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
 /// Buckets of the run-time and latency histograms, in seconds: 1 ms to 5 min.
@@ -23,48 +24,85 @@ pub fn install(port: u16) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The labels of one job's metrics.
-pub struct JobLabels {
+/// The metric handles of one queue's jobs, one set per kind, made when the worker starts so
+/// that running a job neither allocates label strings nor looks a metric up by name.
+pub struct QueueMetrics {
     queue: Arc<str>,
-    kind: String,
+    fetched: Counter,
+    latency: Histogram,
+    by_kind: HashMap<&'static str, KindMetrics>,
 }
 
-impl JobLabels {
-    /// Labels for a job of `kind` in `queue`.
-    pub fn new(queue: &Arc<str>, kind: &str) -> Self {
+struct KindMetrics {
+    run: Histogram,
+    completed: Counter,
+    retried: Counter,
+    discarded: Counter,
+    snoozed: Counter,
+    cancelled: Counter,
+}
+
+impl KindMetrics {
+    fn new(queue: &str, kind: &str) -> Self {
+        let count = |name: &'static str| counter!(name, "queue" => queue.to_owned(), "kind" => kind.to_owned());
         Self {
-            queue: queue.clone(),
-            kind: kind.to_owned(),
+            run: histogram!("quayside_job_run_seconds", "queue" => queue.to_owned(), "kind" => kind.to_owned()),
+            completed: count("quayside_jobs_completed_total"),
+            retried: count("quayside_jobs_retried_total"),
+            discarded: count("quayside_jobs_discarded_total"),
+            snoozed: count("quayside_jobs_snoozed_total"),
+            cancelled: count("quayside_jobs_cancelled_total"),
         }
     }
-}
 
-/// Jobs fetched from `queue`.
-pub fn fetched(queue: &Arc<str>, n: usize) {
-    if n > 0 {
-        counter!("quayside_jobs_fetched_total", "queue" => queue.to_string()).increment(n as u64);
+    fn finished(&self, outcome: &Outcome, ran: Duration) {
+        match outcome {
+            Outcome::Completed(_) => &self.completed,
+            Outcome::Retry { .. } => &self.retried,
+            Outcome::Discard(_) => &self.discarded,
+            Outcome::Snooze(_) => &self.snoozed,
+            Outcome::Cancel(_) => &self.cancelled,
+        }
+        .increment(1);
+        self.run.record(ran.as_secs_f64());
     }
 }
 
-/// A job started: its queue latency (start - run_at).
-pub fn started(l: &JobLabels, run_at: DateTime<Utc>) {
-    let latency = (Utc::now() - run_at).to_std().unwrap_or(Duration::ZERO);
-    histogram!("quayside_job_queue_latency_seconds", "queue" => l.queue.to_string())
-        .record(latency.as_secs_f64());
-}
+impl QueueMetrics {
+    /// Handles for the jobs of `kinds` in `queue`. Make them after [`install`]: a handle made
+    /// before binds to no recorder.
+    pub fn new(queue: &Arc<str>, kinds: impl IntoIterator<Item = &'static str>) -> Self {
+        Self {
+            queue: queue.clone(),
+            fetched: counter!("quayside_jobs_fetched_total", "queue" => queue.to_string()),
+            latency: histogram!("quayside_job_queue_latency_seconds", "queue" => queue.to_string()),
+            by_kind: kinds
+                .into_iter()
+                .map(|k| (k, KindMetrics::new(queue, k)))
+                .collect(),
+        }
+    }
 
-/// A job's attempt ended with `outcome` after `ran`.
-pub fn finished(l: &JobLabels, outcome: &Outcome, ran: Duration) {
-    let name = match outcome {
-        Outcome::Completed(_) => "quayside_jobs_completed_total",
-        Outcome::Retry { .. } => "quayside_jobs_retried_total",
-        Outcome::Discard(_) => "quayside_jobs_discarded_total",
-        Outcome::Snooze(_) => "quayside_jobs_snoozed_total",
-        Outcome::Cancel(_) => "quayside_jobs_cancelled_total",
-    };
-    counter!(name, "queue" => l.queue.to_string(), "kind" => l.kind.clone()).increment(1);
-    histogram!("quayside_job_run_seconds", "queue" => l.queue.to_string(), "kind" => l.kind.clone())
-        .record(ran.as_secs_f64());
+    /// `n` jobs fetched.
+    pub fn fetched(&self, n: usize) {
+        self.fetched.increment(n as u64);
+    }
+
+    /// A job started: its queue latency (start - run_at).
+    pub fn started(&self, run_at: DateTime<Utc>) {
+        let latency = (Utc::now() - run_at).to_std().unwrap_or(Duration::ZERO);
+        self.latency.record(latency.as_secs_f64());
+    }
+
+    /// A job of `kind` ended its attempt with `outcome` after `ran`.
+    pub fn finished(&self, kind: &str, outcome: &Outcome, ran: Duration) {
+        match self.by_kind.get(kind) {
+            Some(m) => m.finished(outcome, ran),
+            // A kind this worker has no handler for (its job is discarded): rare enough to
+            // make its handles on the spot.
+            None => KindMetrics::new(&self.queue, kind).finished(outcome, ran),
+        }
+    }
 }
 
 /// Jobs rescued after their lease expired.

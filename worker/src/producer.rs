@@ -15,7 +15,7 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::lease::Held;
-use crate::metrics;
+use crate::metrics::QueueMetrics;
 
 /// One queue's producer.
 pub struct Producer {
@@ -39,6 +39,8 @@ pub struct Producer {
     pub wake: Arc<Notify>,
     /// Jobs this worker holds.
     pub held: Arc<Held>,
+    /// This queue's metrics.
+    pub metrics: Arc<QueueMetrics>,
 }
 
 impl Producer {
@@ -63,7 +65,7 @@ impl Producer {
             match fetched {
                 Ok(jobs) => {
                     error_delay = Duration::from_millis(100);
-                    metrics::fetched(&self.queue, got);
+                    self.metrics.fetched(got);
                     self.held.add(jobs.iter().map(|j| (j.id, j.attempt)));
                     for job in jobs {
                         // Room is guaranteed: the channel holds as many jobs as there are slots.
