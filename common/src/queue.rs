@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod control;
+pub mod counts;
 pub mod enqueue;
 pub mod fetch;
 pub mod job;

@@ -47,6 +47,8 @@ pub struct MaintenanceSettings {
     pub schedule_interval: Duration,
     /// How often finished jobs are pruned.
     pub prune_interval: Duration,
+    /// How often the changes of job counts are folded into their totals.
+    pub count_interval: Duration,
     /// Finished jobs older than this are deleted.
     pub retention: Duration,
     /// Workers silent for this long are removed from the workers table.
@@ -82,6 +84,8 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_RESCUE_INTERVAL_MS: u64 = 5_000;
 /// Default `WORKER_SCHEDULE_INTERVAL_MS`: scheduled jobs start at most this late.
 pub const DEFAULT_SCHEDULE_INTERVAL_MS: u64 = 1_000;
+/// Default `WORKER_COUNT_INTERVAL_MS`.
+pub const DEFAULT_COUNT_INTERVAL_MS: u64 = 1_000;
 /// Default `WORKER_PRUNE_INTERVAL_MS`.
 pub const DEFAULT_PRUNE_INTERVAL_MS: u64 = 60_000;
 /// Default `JOB_RETENTION_HOURS`: a week of history for operators.
@@ -160,6 +164,7 @@ impl WorkerSettings {
                     DEFAULT_SCHEDULE_INTERVAL_MS,
                 )?,
                 prune_interval: millis(src, "WORKER_PRUNE_INTERVAL_MS", DEFAULT_PRUNE_INTERVAL_MS)?,
+                count_interval: millis(src, "WORKER_COUNT_INTERVAL_MS", DEFAULT_COUNT_INTERVAL_MS)?,
                 retention: match src.get("JOB_RETENTION_SECS") {
                     Some(_) => Duration::from_secs(positive(src, "JOB_RETENTION_SECS", 1)?),
                     None => Duration::from_secs(

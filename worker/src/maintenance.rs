@@ -1,11 +1,12 @@
 //! Maintenance: rescue of expired leases, promotion of due jobs, pruning of old ones, removal
-//! of dead workers (the reaper), and periodic jobs.
+//! of dead workers (the reaper), folding of job counts (the counter), and periodic jobs.
 //!
 //! Every worker runs these loops, but each pass of a service is claimed through its row in
 //! `maintenance_runs`, so it runs once per interval across all workers, however many there are.
 //! The loops run beside job execution, on their own connections, so they go on (pruning
 //! included) while handlers fail. Periodic jobs need no claim: each tick has a unique row.
 
+pub mod counter;
 pub mod periodic;
 pub mod pruner;
 pub mod reaper;

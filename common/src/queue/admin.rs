@@ -7,37 +7,14 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use serde::Serialize;
 
+use super::counts;
 use super::job::{JOB_COLUMNS, JobRow, JobState};
 use super::{NOTIFY_CHANNEL, Result};
 
-/// How many jobs of one queue are in one state.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueueDepth {
-    /// The queue.
-    pub queue: String,
-    /// The state.
-    pub state: JobState,
-    /// How many jobs.
-    pub count: i64,
-}
+/// The span of the per-minute averages.
+const HOUR: std::time::Duration = std::time::Duration::from_secs(3600);
 
-const DEPTH: &str =
-    "SELECT queue, state, count(*) FROM jobs GROUP BY queue, state ORDER BY queue, state";
-
-/// Jobs by queue and state; combinations with no jobs are absent.
-pub async fn depth(client: &impl GenericClient) -> Result<Vec<QueueDepth>> {
-    let stmt = client.prepare_cached(DEPTH).await?;
-    Ok(client
-        .query(&stmt, &[])
-        .await?
-        .iter()
-        .map(|r| QueueDepth {
-            queue: r.get(0),
-            state: r.get(1),
-            count: r.get(2),
-        })
-        .collect())
-}
+pub use super::counts::{QueueDepth, depth};
 
 /// Which jobs a listing or a bulk action is about; `None` fields match everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -261,30 +238,34 @@ pub struct QueueStats {
     pub failed_per_minute: f64,
 }
 
-const QUEUE_ACTIVITY: &str = "
-SELECT queue,
-       extract(epoch FROM now() - min(run_at) FILTER (WHERE state = 'available'))::float8,
-       count(*) FILTER (WHERE state = 'completed' AND finished_at > now() - interval '1 hour'),
-       count(*) FILTER (WHERE state = 'discarded' AND finished_at > now() - interval '1 hour')
-  FROM jobs GROUP BY queue";
-
 const PAUSED: &str = "SELECT name, paused FROM queues";
 
-/// Every queue that has jobs or settings, by name.
+/// Every queue that has jobs or settings, by name. Reads the maintained counts (see
+/// [`super::counts`]), never the whole jobs table, so it stays fast with millions of jobs.
 pub async fn queue_stats(client: &impl GenericClient) -> Result<Vec<QueueStats>> {
     let depth = depth(client).await?;
-    let activity = client.query(QUEUE_ACTIVITY, &[]).await?;
+    let finished = counts::finished_since(client, HOUR).await?;
     let paused: BTreeMap<String, bool> = client
         .query(PAUSED, &[])
         .await?
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
+    let with_available: Vec<String> = depth
+        .iter()
+        .filter(|d| d.state == JobState::Available)
+        .map(|d| d.queue.clone())
+        .collect();
+    let oldest: BTreeMap<String, f64> = counts::oldest_available(client, &with_available)
+        .await?
+        .into_iter()
+        .collect();
     let names: BTreeSet<String> = depth
         .iter()
         .map(|d| d.queue.clone())
         .chain(paused.keys().cloned())
         .collect();
+    let per_minute = |n: i64| n as f64 / 60.0;
     Ok(names
         .into_iter()
         .map(|name| {
@@ -298,13 +279,13 @@ pub async fn queue_stats(client: &impl GenericClient) -> Result<Vec<QueueStats>>
                     (*s, n)
                 })
                 .collect();
-            let act = activity.iter().find(|r| r.get::<_, String>(0) == name);
+            let done = finished.iter().find(|f| f.queue == name);
             QueueStats {
                 paused: paused.get(&name).copied().unwrap_or(false),
                 counts,
-                oldest_available_age_s: act.and_then(|r| r.get(1)),
-                completed_per_minute: act.map_or(0.0, |r| r.get::<_, i64>(2) as f64 / 60.0),
-                failed_per_minute: act.map_or(0.0, |r| r.get::<_, i64>(3) as f64 / 60.0),
+                oldest_available_age_s: oldest.get(&name).copied(),
+                completed_per_minute: done.map_or(0.0, |f| per_minute(f.completed)),
+                failed_per_minute: done.map_or(0.0, |f| per_minute(f.discarded)),
                 name,
             }
         })

@@ -1,8 +1,10 @@
 //! The pruner: completed, discarded and cancelled jobs older than the retention period are
-//! deleted, in bounded statements so that no pass holds a long lock.
+//! deleted, in bounded statements so that no pass holds a long lock; so are per-minute
+//! finishes older than a day.
 
 use std::time::Duration;
 
+use common::queue::counts;
 use common::queue::maintenance as sql;
 use deadpool_postgres::Client;
 
@@ -11,7 +13,11 @@ const PRUNE_BATCH: usize = 10_000;
 /// Most prune statements in one pass; the next pass takes the rest.
 const PRUNE_ROUNDS: usize = 10;
 
-/// One pass: delete finished jobs older than `retention`.
+/// How long per-minute finishes are kept (the dashboard shows the last hour).
+const MINUTES_KEPT: Duration = Duration::from_secs(24 * 3600);
+
+/// One pass: delete finished jobs older than `retention`, and per-minute finishes older than
+/// a day.
 pub async fn run_once(conn: Client, retention: Duration) -> anyhow::Result<()> {
     let mut total = 0;
     for _ in 0..PRUNE_ROUNDS {
@@ -24,5 +30,6 @@ pub async fn run_once(conn: Client, retention: Duration) -> anyhow::Result<()> {
     if total > 0 {
         tracing::info!(num_pruned = total, "pruned finished jobs");
     }
+    counts::prune_minutes(&conn, MINUTES_KEPT).await?;
     Ok(())
 }

@@ -1,0 +1,14 @@
+//! The counter: folds the per-statement changes of job counts into their totals and the
+//! per-minute finishes (`common::queue::counts`), keeping the deltas a reader adds up small.
+
+use common::queue::counts;
+use deadpool_postgres::Client;
+
+/// One pass: fold every delta committed so far.
+pub async fn run_once(conn: Client) -> anyhow::Result<()> {
+    let n = counts::fold(&conn).await?;
+    if n > 0 {
+        tracing::debug!(num_deltas = n, "folded job count changes");
+    }
+    Ok(())
+}
