@@ -17,6 +17,9 @@ use serde_json::json;
 
 use crate::stack::{Database, binary};
 
+mod api;
+mod load;
+
 /// Which benchmark.
 #[derive(Subcommand, Clone)]
 pub enum Which {
@@ -33,6 +36,12 @@ pub enum Which {
     Drain {
         #[command(flatten)]
         drain: DrainArgs,
+    },
+    /// The HTTP API: `/health` throughput, and operator reads with millions of jobs.
+    Api {
+        /// Jobs in the table while the operator reads are timed.
+        #[arg(long, default_value_t = 5_000_000)]
+        jobs: usize,
     },
 }
 
@@ -55,17 +64,22 @@ pub struct DrainArgs {
 
 /// Run a benchmark.
 pub async fn run(which: Which) -> anyhow::Result<()> {
-    let (Which::Queue { drain: args, .. } | Which::Drain { drain: args }) = &which;
     let dir = std::env::temp_dir().join(format!("quayside-bench-{}", std::process::id()));
     let db = Database::open(&dir, "quayside_bench", Durability::Full).await?;
-    let drain = Drain {
-        url: db.url.clone(),
-        worker_bin: binary("worker")?,
-        args: args.clone(),
+    let drain = |args: &DrainArgs| -> anyhow::Result<Drain> {
+        Ok(Drain {
+            url: db.url.clone(),
+            worker_bin: binary("worker")?,
+            args: args.clone(),
+        })
     };
-    let result = match which {
-        Which::Queue { history, .. } => queue(&drain, history).await,
-        Which::Drain { .. } => drain_only(&drain).await,
+    let result = match &which {
+        Which::Queue {
+            drain: args,
+            history,
+        } => queue(&drain(args)?, *history).await,
+        Which::Drain { drain: args } => drain_only(&drain(args)?).await,
+        Which::Api { jobs } => async { api::run(&db.url, &binary("api")?, *jobs).await }.await,
     };
     db.stop();
     let _ = std::fs::remove_dir_all(&dir);

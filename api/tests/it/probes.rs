@@ -123,3 +123,42 @@ fn committed_openapi_json_matches_the_code() {
         "openapi.json is stale: regenerate with `cargo run -p api -- openapi > openapi.json`"
     );
 }
+
+#[tokio::test]
+async fn health_follows_the_database_going_away_and_coming_back() {
+    let db = TestDb::new().await;
+    let cli = client(&db);
+    cli.get("/health").send().await.assert_status_is_ok();
+
+    // The database refuses new connections and drops the pool's: the next check fails.
+    // (Altered from another database: a session cannot bar its own.)
+    let (server, _) = db.url.rsplit_once('/').unwrap();
+    let (admin, conn) = deadpool_postgres::tokio_postgres::connect(
+        &format!("{server}/postgres"),
+        deadpool_postgres::tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let refuse = |allow: bool| format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS {allow}", db.name);
+    admin.batch_execute(&refuse(false)).await.unwrap();
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+            &[&db.name],
+        )
+        .await
+        .unwrap();
+    // A check's answer stands for 100 ms; after that, /health sees the outage.
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    let started = std::time::Instant::now();
+    cli.get("/health")
+        .send()
+        .await
+        .assert_status(poem::http::StatusCode::SERVICE_UNAVAILABLE);
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+
+    admin.batch_execute(&refuse(true)).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    cli.get("/health").send().await.assert_status_is_ok();
+}
