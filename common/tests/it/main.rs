@@ -3,6 +3,7 @@
 
 mod accounts;
 mod admin;
+mod breaker;
 mod enqueue;
 mod enqueue_many;
 mod fetch;
