@@ -217,17 +217,14 @@ pub async fn record(
     .await
 }
 
-/// Apply an operator's override.
+/// Apply an operator's override (it needs no policy: a forced breaker ignores it, and one
+/// released from a forced open probes at once).
 pub async fn force(
     client: &mut deadpool_postgres::Client,
     service: &str,
     force: Force,
-    policy: &Policy,
 ) -> Result<Outcome<()>, Error> {
-    locked(client, service, |b, now| {
-        ((), b.force_at(force, policy, now))
-    })
-    .await
+    locked(client, service, |b, now| ((), b.force_at(force, now))).await
 }
 
 const LIST: &str = "SELECT service, state, consecutive_failures, window_started_at, \
@@ -444,30 +441,28 @@ impl Breaker {
                 } else {
                     return None;
                 };
-                Some(self.open(State::Closed, reason, policy, now))
+                Some(self.open(State::Closed, reason, policy.recovery_timeout, now))
             }
             (State::HalfOpen, Call::Success) if probe => {
                 Some(self.close(State::HalfOpen, "probe succeeded", now))
             }
-            (State::HalfOpen, Call::Failure) if probe => {
-                Some(self.open(State::HalfOpen, "probe failed", policy, now))
-            }
+            (State::HalfOpen, Call::Failure) if probe => Some(self.open(
+                State::HalfOpen,
+                "probe failed",
+                policy.recovery_timeout,
+                now,
+            )),
             _ => None,
         }
     }
 
     /// Apply an operator's override at `now`.
-    pub fn force_at(
-        &mut self,
-        force: Force,
-        policy: &Policy,
-        now: DateTime<Utc>,
-    ) -> Option<Transition> {
+    pub fn force_at(&mut self, force: Force, now: DateTime<Utc>) -> Option<Transition> {
         match force {
             Force::Open => {
                 self.forced = Some(Forced::Open);
                 (self.state != State::Open)
-                    .then(|| self.open(self.state, "forced open", policy, now))
+                    .then(|| self.open(self.state, "forced open", Duration::ZERO, now))
             }
             Force::Closed => {
                 self.forced = Some(Forced::Closed);
@@ -487,12 +482,12 @@ impl Breaker {
         &mut self,
         from: State,
         reason: &'static str,
-        policy: &Policy,
+        cool_down: Duration,
         now: DateTime<Utc>,
     ) -> Transition {
         self.state = State::Open;
         self.opened_at = Some(now);
-        self.half_open_at = Some(after(now, policy.recovery_timeout));
+        self.half_open_at = Some(after(now, cool_down));
         self.probes_granted = 0;
         self.probes_granted_at = None;
         self.times_opened += 1;
@@ -664,7 +659,7 @@ mod tests {
     fn overrides_win_until_cleared() {
         let p = policy();
         let mut b = Breaker::new("s", t(0));
-        let tr = b.force_at(Force::Open, &p, t(1)).unwrap();
+        let tr = b.force_at(Force::Open, t(1)).unwrap();
         assert_eq!((tr.to, tr.reason), (State::Open, "forced open"));
         // Forced open: no probe even after the cool-down.
         assert!(matches!(
@@ -672,14 +667,14 @@ mod tests {
             Decision::Denied { .. }
         ));
         // Cleared: the next call probes at once.
-        assert_eq!(b.force_at(Force::Clear, &p, t(50_001)), None);
+        assert_eq!(b.force_at(Force::Clear, t(50_001)), None);
         assert_eq!(
             b.acquire_at(&p, t(50_002)).0,
             Decision::Allowed { probe: true }
         );
         assert_eq!(b.state, State::HalfOpen);
         // Forced closed: calls go and failures never open it.
-        let tr = b.force_at(Force::Closed, &p, t(50_003)).unwrap();
+        let tr = b.force_at(Force::Closed, t(50_003)).unwrap();
         assert_eq!((tr.from, tr.to), (State::HalfOpen, State::Closed));
         for i in 0..10 {
             assert_eq!(b.record_at(Call::Failure, false, &p, t(50_004 + i)), None);
@@ -688,7 +683,7 @@ mod tests {
             b.acquire_at(&p, t(50_100)).0,
             Decision::Allowed { probe: false }
         );
-        b.force_at(Force::Clear, &p, t(50_101));
+        b.force_at(Force::Clear, t(50_101));
         assert_eq!(b.forced, None);
         // The next failure, on top of the ten counted, opens it.
         assert_eq!(
