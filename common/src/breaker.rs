@@ -217,6 +217,24 @@ pub async fn record(
     .await
 }
 
+/// Record `n` successes of calls that were not probes, at once (a process counts the
+/// successes it sees while the breaker is closed and healthy, and writes them together).
+pub async fn record_successes(
+    client: &mut deadpool_postgres::Client,
+    service: &str,
+    n: u32,
+    policy: &Policy,
+) -> Result<Outcome<()>, Error> {
+    locked(client, service, |b, now| {
+        // Successes of non-probe calls never change the state.
+        for _ in 0..n {
+            b.record_at(Call::Success, false, policy, now);
+        }
+        ((), None)
+    })
+    .await
+}
+
 /// Apply an operator's override (it needs no policy: a forced breaker ignores it, and one
 /// released from a forced open probes at once).
 pub async fn force(

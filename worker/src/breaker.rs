@@ -9,8 +9,11 @@
 //!
 //! Each process caches the last breaker state it saw for [`ServicesSettings::cache_ttl`]: while
 //! it is closed with no failure since the last success, a call costs no round trip for the
-//! breaker (the rate limit, when set, still costs one). Any other state is asked of the
-//! database, so a failure seen by one process stops the others within one cache period.
+//! breaker (the rate limit, when set, still costs one), and its success is counted locally and
+//! written with the next visit to the database (a failure, or the first call after the cache
+//! period), so a healthy service costs one breaker round trip per cache period per process.
+//! Any other state is asked of the database, so a failure seen by one process stops the
+//! others within one cache period.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -84,7 +87,15 @@ impl std::fmt::Debug for Guards {
 struct Inner {
     pool: Pool,
     settings: ServicesSettings,
-    cache: Mutex<HashMap<String, Seen>>,
+    cache: Mutex<HashMap<String, Slot>>,
+}
+
+/// What a process knows of one service's breaker.
+#[derive(Debug, Default)]
+struct Slot {
+    seen: Option<Seen>,
+    /// Successes counted locally, not yet written.
+    pending_successes: u32,
 }
 
 /// The breaker state a process last saw.
@@ -163,12 +174,18 @@ impl Guards {
                 }
             }
         }
-        let closed_and_healthy = trusted.is_some_and(|s| {
-            s.forced == Some(Forced::Closed)
-                || (s.forced.is_none() && s.state == State::Closed && s.consecutive_failures == 0)
-        });
-        if closed_and_healthy {
+        if trusted.as_ref().is_some_and(healthy) {
             return Ok(self.permit(service, false));
+        }
+        // Past the cache period with successes to write: writing them also reads the state.
+        match inner.flush(service, &settings.breaker).await {
+            Ok(Some(b)) if healthy(&b) => {
+                return Ok(self.permit(service, false));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(service, error = %e, "cannot record successes in the circuit breaker")
+            }
         }
         match inner.acquire(service, &settings.breaker).await {
             Ok(Decision::Allowed { probe }) => Ok(self.permit(service, probe)),
@@ -217,6 +234,9 @@ impl Guards {
     async fn record(&self, service: &str, call: Call, probe: bool) {
         crate::metrics::external_call(service, call == Call::Success);
         if let Some(inner) = &self.inner {
+            if call == Call::Success && !probe && inner.count_success(service) {
+                return;
+            }
             let policy = inner.settings.of(service).breaker;
             if let Err(e) = inner.record(service, call, probe, &policy).await {
                 tracing::warn!(service, error = %e, "cannot record a call in the circuit breaker");
@@ -268,10 +288,45 @@ impl Inner {
             .lock()
             .expect("breaker cache lock")
             .get(service)
-            .copied()
+            .and_then(|s| s.seen)
     }
 
-    fn saw(&self, b: &breaker::Breaker, transition: Option<&breaker::Transition>) {
+    /// Count a success locally when the state this process saw within the cache period is
+    /// closed and healthy; false when it must be written now.
+    fn count_success(&self, service: &str) -> bool {
+        let mut cache = self.cache.lock().expect("breaker cache lock");
+        let Some(slot) = cache.get_mut(service) else {
+            return false;
+        };
+        let fresh = slot
+            .seen
+            .is_some_and(|s| s.at.elapsed() < self.settings.cache_ttl && healthy(&s));
+        if fresh {
+            slot.pending_successes += 1;
+        }
+        fresh
+    }
+
+    fn take_pending(&self, service: &str) -> u32 {
+        self.cache
+            .lock()
+            .expect("breaker cache lock")
+            .get_mut(service)
+            .map_or(0, |s| std::mem::take(&mut s.pending_successes))
+    }
+
+    /// Write the successes counted locally, if any; the breaker after them.
+    async fn flush(&self, service: &str, policy: &Policy) -> anyhow::Result<Option<Seen>> {
+        let n = self.take_pending(service);
+        if n == 0 {
+            return Ok(None);
+        }
+        let mut conn = self.pool.get().await?;
+        let out = breaker::record_successes(&mut conn, service, n, policy).await?;
+        Ok(Some(self.saw(&out.breaker, out.transition.as_ref())))
+    }
+
+    fn saw(&self, b: &breaker::Breaker, transition: Option<&breaker::Transition>) -> Seen {
         let seen = Seen {
             at: Instant::now(),
             state: b.state,
@@ -282,7 +337,9 @@ impl Inner {
         self.cache
             .lock()
             .expect("breaker cache lock")
-            .insert(b.service.clone(), seen);
+            .entry(b.service.clone())
+            .or_default()
+            .seen = Some(seen);
         crate::metrics::breaker_state(&b.service, b.state);
         if let Some(t) = transition {
             crate::metrics::breaker_transition(&b.service, t.from, t.to);
@@ -295,6 +352,7 @@ impl Inner {
                 "circuit breaker changed state"
             );
         }
+        seen
     }
 
     async fn take(&self, service: &str, limit: Limit) -> anyhow::Result<Take> {
@@ -316,11 +374,19 @@ impl Inner {
         probe: bool,
         policy: &Policy,
     ) -> anyhow::Result<()> {
+        // The successes counted before this call go first.
+        self.flush(service, policy).await?;
         let mut conn = self.pool.get().await?;
         let out = breaker::record(&mut conn, service, call, probe, policy).await?;
         self.saw(&out.breaker, out.transition.as_ref());
         Ok(())
     }
+}
+
+/// Closed (or forced closed) with no failure since the last success: calls need not ask.
+fn healthy(s: &Seen) -> bool {
+    s.forced == Some(Forced::Closed)
+        || (s.forced.is_none() && s.state == State::Closed && s.consecutive_failures == 0)
 }
 
 /// Snooze until `until` (at least [`MIN_SNOOZE`]).
@@ -331,6 +397,8 @@ fn snooze_until(until: DateTime<Utc>) -> JobError {
 
 #[cfg(test)]
 mod tests {
+    use common::testing::TestDb;
+
     use super::*;
 
     #[tokio::test]
@@ -360,6 +428,125 @@ mod tests {
         assert_eq!(s.of("smtp").breaker.failure_threshold, 2);
         assert_eq!(s.of("other").breaker, Policy::default());
         assert_eq!(s.of("other").rate_limit, None);
+    }
+
+    fn settings(rate_limit: Option<&str>) -> ServicesSettings {
+        let breaker = Policy {
+            failure_threshold: 2,
+            failure_rate: 0.0,
+            recovery_timeout: Duration::from_secs(3600),
+            ..Policy::default()
+        };
+        ServicesSettings {
+            default: breaker,
+            services: HashMap::from([(
+                "svc".to_string(),
+                ServiceSettings {
+                    breaker,
+                    rate_limit: rate_limit.map(|l| l.parse().unwrap()),
+                },
+            )]),
+            // Long: within a test the cache never expires.
+            cache_ttl: Duration::from_secs(3600),
+        }
+    }
+
+    async fn row(db: &TestDb) -> breaker::Breaker {
+        breaker::list(&db.conn().await)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|b| b.service == "svc")
+            .expect("a breaker row")
+    }
+
+    async fn ok(g: &Guards) -> Result<Result<(), &'static str>, JobError> {
+        g.call("svc", async { Ok(()) }, |_| true).await
+    }
+
+    async fn down(g: &Guards) -> Result<Result<(), &'static str>, JobError> {
+        g.call("svc", async { Err("down") }, |_| true).await
+    }
+
+    #[tokio::test]
+    async fn healthy_successes_are_counted_locally_and_written_with_the_next_failure() {
+        let db = TestDb::new().await;
+        let g = Guards::new(db.pool.clone(), settings(None));
+        for _ in 0..5 {
+            ok(&g).await.unwrap().unwrap();
+        }
+        // The first call read the breaker; the successes are not written yet.
+        let b = row(&db).await;
+        assert_eq!((b.window_successes, b.window_failures), (0, 0));
+        assert_eq!(down(&g).await.unwrap(), Err("down"));
+        let b = row(&db).await;
+        assert_eq!(
+            (
+                b.window_successes,
+                b.window_failures,
+                b.consecutive_failures
+            ),
+            (5, 1, 1)
+        );
+        // Not healthy any more: the next success is written at once.
+        ok(&g).await.unwrap().unwrap();
+        let b = row(&db).await;
+        assert_eq!((b.window_successes, b.consecutive_failures), (6, 0));
+    }
+
+    #[tokio::test]
+    async fn a_breaker_opened_by_one_process_stops_the_others_without_calling() {
+        let db = TestDb::new().await;
+        let (a, b) = (
+            Guards::new(db.pool.clone(), settings(None)),
+            Guards::new(db.pool.clone(), settings(None)),
+        );
+        for _ in 0..2 {
+            assert_eq!(down(&a).await.unwrap(), Err("down"));
+        }
+        assert_eq!(row(&db).await.state, State::Open);
+        for g in [&a, &b] {
+            let called = std::sync::atomic::AtomicBool::new(false);
+            let r = g
+                .call(
+                    "svc",
+                    async {
+                        called.store(true, std::sync::atomic::Ordering::SeqCst);
+                        Ok::<_, ()>(())
+                    },
+                    |_| true,
+                )
+                .await;
+            assert!(
+                matches!(r, Err(JobError::Snooze(d)) if d > Duration::from_secs(3500)),
+                "{r:?}"
+            );
+            assert!(!called.load(std::sync::atomic::Ordering::SeqCst));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_call_over_the_rate_limit_is_snoozed_to_the_next_free_slot() {
+        let db = TestDb::new().await;
+        let g = Guards::new(db.pool.clone(), settings(Some("2/1h")));
+        ok(&g).await.unwrap().unwrap();
+        ok(&g).await.unwrap().unwrap();
+        let r = ok(&g).await;
+        assert!(
+            matches!(r, Err(JobError::Snooze(d)) if d > Duration::from_secs(3500)),
+            "{r:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_permit_dropped_unrecorded_counts_as_a_failure() {
+        let db = TestDb::new().await;
+        let g = Guards::new(db.pool.clone(), settings(None));
+        drop(g.enter("svc").await.unwrap());
+        common::testing::wait_for("the failure", Duration::from_secs(10), || async {
+            (row(&db).await.consecutive_failures == 1).then_some(())
+        })
+        .await;
     }
 
     #[test]
