@@ -120,23 +120,61 @@ async fn enqueue_calls(
         .collect()
 }
 
-async fn start_two(env: &[(&'static str, String)]) -> [Process; 2] {
-    let procs = [Process::start(env, &[]), Process::start(env, &[])];
-    wait_for("two workers", Duration::from_secs(20), || async {
-        let n: i64 = db_scalar(env, "SELECT count(*) FROM workers").await;
-        (n == 2).then_some(())
-    })
+/// Two `worker` processes on `env`, each serving metrics on a port of its own (returned).
+async fn start_two(db: &TestDb, env: &[(&'static str, String)]) -> ([Process; 2], [u16; 2]) {
+    let ports = [free_port(), free_port()];
+    let procs = ports.map(|port| {
+        Process::start(
+            &with_env(env.to_vec(), "METRICS_PORT", port.to_string()),
+            &[],
+        )
+    });
+    wait_count(
+        db,
+        "SELECT count(*) FROM workers",
+        2,
+        Duration::from_secs(20),
+    )
     .await;
-    procs
+    (procs, ports)
 }
 
-async fn db_scalar(env: &[(&'static str, String)], sql: &str) -> i64 {
-    let url = &env.iter().find(|(k, _)| *k == "DATABASE_URL").unwrap().1;
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    client.query_one(sql, &[]).await.unwrap().get(0)
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The sum over `ports` of the samples of `metric` whose labels include all of `labels`
+/// (`name="value"` each).
+async fn metric_sum(ports: &[u16], metric: &str, labels: &[&str]) -> f64 {
+    let mut sum = 0.0;
+    for port in ports {
+        let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", *port)).await else {
+            continue;
+        };
+        let req = "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+        if s.write_all(req.as_bytes()).await.is_err() {
+            continue;
+        }
+        let mut body = String::new();
+        let _ = s.read_to_string(&mut body).await;
+        for line in body.lines() {
+            let Some(rest) = line.strip_prefix(metric) else {
+                continue;
+            };
+            if rest.starts_with('{') && labels.iter().all(|l| rest.contains(l)) {
+                sum += rest
+                    .rsplit(' ')
+                    .next()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0);
+            }
+        }
+    }
+    sum
 }
 
 #[tokio::test]
@@ -150,7 +188,7 @@ async fn a_failing_service_opens_the_breaker_for_every_process_and_recovers_thro
     let env = with_env(env, "BREAKER_FAILURE_RATE", "0");
     let env = with_env(env, "BREAKER_COOL_DOWN_MS", "1500");
     let env = with_env(env, "BREAKER_HALF_OPEN_PROBES", "1");
-    let _procs = start_two(&env).await;
+    let (_procs, ports) = start_two(&db, &env).await;
     let ids = enqueue_calls(&db, &server, "flaky", JOBS, 30).await;
 
     // Open, then reopened twice by failed probes; jobs snoozed in both processes meanwhile.
@@ -218,6 +256,44 @@ async fn a_failing_service_opens_the_breaker_for_every_process_and_recovers_thro
         snoozed += job.meta["snoozes"].as_u64().unwrap_or(0);
     }
     assert!(snoozed > 0);
+
+    // The processes' metrics agree with the database: one opening from closed, one closing,
+    // a reopening for every failed probe, and calls denied while open.
+    let opened = times_opened_now(&db).await;
+    let flaky = r#"service="flaky""#;
+    let want = [
+        (r#"from="closed",to="open""#, 1.0),
+        (r#"from="half_open",to="closed""#, 1.0),
+        (r#"from="half_open",to="open""#, (opened - 1) as f64),
+    ];
+    wait_for("transition metrics", Duration::from_secs(10), || async {
+        for (labels, n) in want {
+            let got = metric_sum(
+                &ports,
+                "quayside_breaker_transitions_total",
+                &[flaky, labels],
+            )
+            .await;
+            if got != n {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    assert!(metric_sum(&ports, "quayside_breaker_denied_total", &[flaky]).await > 0.0);
+    let successes = metric_sum(
+        &ports,
+        "quayside_external_calls_total",
+        &[flaky, r#"result="success""#],
+    )
+    .await;
+    assert_eq!(successes, JOBS as f64);
+}
+
+async fn times_opened_now(db: &TestDb) -> i64 {
+    db.scalar("SELECT times_opened FROM breakers WHERE service = 'flaky'")
+        .await
 }
 
 #[tokio::test]
@@ -227,7 +303,7 @@ async fn a_global_rate_limit_holds_across_processes() {
     let server = FakeService::start(false).await;
     let env = with_env(fast_env(&db.url), "WORKER_CONCURRENCY", "4");
     let env = with_env(env, "RATE_LIMITS", "limited=10/5s");
-    let _procs = start_two(&env).await;
+    let (_procs, _) = start_two(&db, &env).await;
     let ids = enqueue_calls(&db, &server, "limited", JOBS, 3).await;
     wait_count(
         &db,
