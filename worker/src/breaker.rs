@@ -202,8 +202,9 @@ impl Guards {
 
     /// Run `call` under `service`'s guard: `Err(JobError::Snooze)` without calling when the
     /// breaker or the rate limit says not now; otherwise the call's own result, recorded as a
-    /// failure of the service when it is an error for which `is_failure` says so (an error
-    /// that is the caller's fault, such as a rejected file, says nothing about the service).
+    /// failure of the service when it is an error for which `is_failure` says so (connection
+    /// error, timeout, 5xx), and as a success otherwise: an error that is the caller's fault,
+    /// such as a rejected file, means the service answered.
     pub async fn call<T, E, Fut>(
         &self,
         service: &str,
