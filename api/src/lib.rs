@@ -32,6 +32,7 @@ pub type Apis = (
     routes::jobs::JobsApi,
     routes::queues::QueuesApi,
     routes::audit::AuditApi,
+    routes::breakers::BreakersApi,
 );
 
 /// The OpenAPI service (also the source of the committed `openapi.json`).
@@ -48,7 +49,8 @@ pub fn openapi(
             routes::api_keys::ApiKeysApi::new(auth.clone()),
             routes::jobs::JobsApi::new(auth.clone()),
             routes::queues::QueuesApi::new(auth.clone()),
-            routes::audit::AuditApi::new(auth),
+            routes::audit::AuditApi::new(auth.clone()),
+            routes::breakers::BreakersApi::new(auth),
         ),
         "Quayside",
         VERSION,

@@ -3,6 +3,7 @@
 pub mod api_keys;
 pub mod audit;
 pub mod auth;
+pub mod breakers;
 pub mod jobs;
 pub mod queues;
 
@@ -26,6 +27,8 @@ pub enum Tag {
     Queues,
     /// The log of operator actions (operators).
     Audit,
+    /// Circuit breakers and rate limits of external services (operators).
+    Breakers,
 }
 
 /// Most items one page of a listing holds.

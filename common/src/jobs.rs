@@ -122,6 +122,20 @@ mod tests {
             (noop.check)(&serde_json::json!({"sleep_ms": "soon"})),
             Err(ArgsError::Shape(_))
         ));
+        assert!(
+            (noop.check)(&serde_json::json!({"call_url": "http://127.0.0.1:9/x", "service": "s"}))
+                .is_ok()
+        );
+        for (args, field) in [
+            (serde_json::json!({"call_url": "https://x/y"}), "call_url"),
+            (serde_json::json!({"call_url": "http:///y"}), "call_url"),
+            (serde_json::json!({"service": "a b"}), "service"),
+        ] {
+            assert!(
+                matches!((noop.check)(&args), Err(ArgsError::Invalid { field: f, .. }) if f == field),
+                "{args}"
+            );
+        }
         assert!(matches!(
             (noop.check)(&serde_json::json!({"sleep_ms": 86_400_001})),
             Err(ArgsError::Invalid {

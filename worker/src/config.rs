@@ -3,7 +3,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use common::breaker::Policy;
 use common::config::{ConfigError, DatabaseSettings, Source, boolean, millis, parse_or, positive};
+use common::ratelimit::Limit;
+
+use crate::breaker::{ServiceSettings, ServicesSettings};
 
 /// Everything a worker process needs to know, validated.
 #[derive(Debug, Clone)]
@@ -35,6 +39,8 @@ pub struct WorkerSettings {
     /// Per-kind overrides of the registry's attempt timeout (`KIND_TIMEOUTS_MS`,
     /// `kind=ms,kind=ms`).
     pub kind_timeouts: HashMap<String, Duration>,
+    /// Circuit breakers and rate limits of external services.
+    pub services: ServicesSettings,
 }
 
 /// Intervals of the maintenance services; each pass runs once per interval across all workers.
@@ -178,6 +184,7 @@ impl WorkerSettings {
                 None => HashMap::new(),
                 Some(raw) => parse_kind_timeouts(&raw)?,
             },
+            services: services(src)?,
         })
     }
 
@@ -221,6 +228,128 @@ fn schedules(
         common::jobs::kind(&j.kind).map_err(|e| bad(e.to_string()))?;
     }
     Ok(all)
+}
+
+/// The names of one breaker policy's settings.
+struct PolicyNames {
+    threshold: &'static str,
+    rate: &'static str,
+    min_calls: &'static str,
+    window: &'static str,
+    cool_down: &'static str,
+    probes: &'static str,
+}
+
+macro_rules! policy_names {
+    ($prefix:literal) => {
+        PolicyNames {
+            threshold: concat!($prefix, "FAILURE_THRESHOLD"),
+            rate: concat!($prefix, "FAILURE_RATE"),
+            min_calls: concat!($prefix, "MIN_CALLS"),
+            window: concat!($prefix, "WINDOW_MS"),
+            cool_down: concat!($prefix, "COOL_DOWN_MS"),
+            probes: concat!($prefix, "HALF_OPEN_PROBES"),
+        }
+    };
+}
+
+/// The services with settings of their own: name, breaker settings, rate-limit setting.
+const NAMED_SERVICES: [(&str, PolicyNames, &str); 2] = [
+    (
+        "cloudinary",
+        policy_names!("CLOUDINARY_BREAKER_"),
+        "CLOUDINARY_RATE_LIMIT",
+    ),
+    ("smtp", policy_names!("SMTP_BREAKER_"), "SMTP_RATE_LIMIT"),
+];
+
+/// The breaker policy read from `names`, each unset one taken from `base`.
+fn policy(
+    src: &(impl Source + ?Sized),
+    names: &PolicyNames,
+    base: &Policy,
+) -> Result<Policy, ConfigError> {
+    let ms = |name, d: Duration| millis(src, name, d.as_millis() as u64);
+    let failure_rate: f64 = parse_or(src, names.rate, base.failure_rate)?;
+    if !(0.0..=1.0).contains(&failure_rate) {
+        return Err(ConfigError::new(names.rate, "must be between 0 and 1"));
+    }
+    Ok(Policy {
+        failure_threshold: parse_or(src, names.threshold, base.failure_threshold)?,
+        failure_rate,
+        min_calls: positive(src, names.min_calls, u64::from(base.min_calls))?
+            .try_into()
+            .map_err(|_| ConfigError::new(names.min_calls, "too large"))?,
+        window: ms(names.window, base.window)?,
+        recovery_timeout: ms(names.cool_down, base.recovery_timeout)?,
+        half_open_max_calls: positive(src, names.probes, u64::from(base.half_open_max_calls))?
+            .try_into()
+            .map_err(|_| ConfigError::new(names.probes, "too large"))?,
+    })
+}
+
+/// Breakers and rate limits: `BREAKER_*` for every service, `CLOUDINARY_BREAKER_*` and
+/// `SMTP_BREAKER_*` over them, `CLOUDINARY_RATE_LIMIT`, `SMTP_RATE_LIMIT`, and `RATE_LIMITS`
+/// (`service=calls/period,...`) for any service.
+fn services(src: &(impl Source + ?Sized)) -> Result<ServicesSettings, ConfigError> {
+    let default = policy(src, &policy_names!("BREAKER_"), &Policy::default())?;
+    let mut services = HashMap::new();
+    let limit =
+        |name: &'static str, raw: &str| raw.parse::<Limit>().map_err(|e| ConfigError::new(name, e));
+    if let Some(raw) = src.get("RATE_LIMITS") {
+        for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (service, l) = part.split_once('=').ok_or_else(|| {
+                ConfigError::new(
+                    "RATE_LIMITS",
+                    format!("{part:?} is not service=calls/period"),
+                )
+            })?;
+            let service = service.trim();
+            if service.is_empty()
+                || !service
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+            {
+                return Err(ConfigError::new(
+                    "RATE_LIMITS",
+                    format!("{service:?} is not a service name (letters, digits, _ - .)"),
+                ));
+            }
+            let rate_limit = Some(limit("RATE_LIMITS", l)?);
+            let old = services.insert(
+                service.to_owned(),
+                ServiceSettings {
+                    breaker: default,
+                    rate_limit,
+                },
+            );
+            if old.is_some() {
+                return Err(ConfigError::new(
+                    "RATE_LIMITS",
+                    format!("{service:?} is listed twice"),
+                ));
+            }
+        }
+    }
+    for (service, names, limit_name) in &NAMED_SERVICES {
+        let breaker = policy(src, names, &default)?;
+        let rate_limit = match src.get(limit_name) {
+            Some(raw) => Some(limit(limit_name, &raw)?),
+            None => services.get(*service).and_then(|s| s.rate_limit),
+        };
+        services.insert(
+            service.to_string(),
+            ServiceSettings {
+                breaker,
+                rate_limit,
+            },
+        );
+    }
+    Ok(ServicesSettings {
+        default,
+        services,
+        cache_ttl: millis(src, "BREAKER_CACHE_TTL_MS", 1000)?,
+    })
 }
 
 /// `noop=300,email=5000`: each a registered kind and its attempt timeout in milliseconds.
@@ -432,6 +561,63 @@ mod tests {
         assert!(schedules(&[], twice).unwrap_err().message.contains("twice"));
         // And the schedules registered today are all valid.
         schedules(common::jobs::SCHEDULES, vec![]).unwrap();
+    }
+
+    #[test]
+    fn breakers_and_rate_limits_are_read_per_service_over_the_defaults() {
+        let s = settings(
+            &[
+                ("BREAKER_FAILURE_THRESHOLD", "7"),
+                ("BREAKER_COOL_DOWN_MS", "5000"),
+                ("SMTP_BREAKER_FAILURE_THRESHOLD", "2"),
+                ("SMTP_BREAKER_HALF_OPEN_PROBES", "3"),
+                ("CLOUDINARY_RATE_LIMIT", "500/60s"),
+                ("RATE_LIMITS", "flaky=10/5s, smtp=1/1s"),
+                ("BREAKER_CACHE_TTL_MS", "250"),
+            ],
+            None,
+            None,
+        )
+        .unwrap()
+        .services;
+        assert_eq!(s.cache_ttl, Duration::from_millis(250));
+        assert_eq!(s.default.failure_threshold, 7);
+        let smtp = s.of("smtp");
+        assert_eq!(
+            (
+                smtp.breaker.failure_threshold,
+                smtp.breaker.half_open_max_calls,
+                smtp.breaker.recovery_timeout
+            ),
+            (2, 3, Duration::from_secs(5))
+        );
+        assert_eq!(smtp.rate_limit, Some("1/1s".parse().unwrap()));
+        let cl = s.of("cloudinary");
+        assert_eq!(cl.breaker.failure_threshold, 7);
+        assert_eq!(cl.rate_limit, Some("500/60s".parse().unwrap()));
+        let flaky = s.of("flaky");
+        assert_eq!(flaky.rate_limit, Some("10/5s".parse().unwrap()));
+        assert_eq!(flaky.breaker.failure_threshold, 7);
+        assert_eq!(s.of("other").rate_limit, None);
+        let none = settings(&[], None, None).unwrap().services;
+        assert_eq!(none.of("smtp").breaker, common::breaker::Policy::default());
+        assert_eq!(none.of("cloudinary").rate_limit, None);
+
+        for (name, value) in [
+            ("BREAKER_FAILURE_RATE", "1.5"),
+            ("BREAKER_COOL_DOWN_MS", "0"),
+            ("SMTP_BREAKER_HALF_OPEN_PROBES", "0"),
+            ("CLOUDINARY_BREAKER_FAILURE_THRESHOLD", "-1"),
+            ("CLOUDINARY_RATE_LIMIT", "500"),
+            ("SMTP_RATE_LIMIT", "0/1s"),
+            ("RATE_LIMITS", "flaky"),
+            ("RATE_LIMITS", "a b=1/1s"),
+            ("RATE_LIMITS", "a=1/1s,a=2/1s"),
+        ] {
+            let err = settings(&[(name, value)], None, None).unwrap_err();
+            assert_eq!(err.name, name, "{value}: {err}");
+            assert!(!err.to_string().contains('\n'));
+        }
     }
 
     #[test]

@@ -11,6 +11,8 @@ use common::jobs::{JobArgs, KINDS, KindSpec};
 use common::queue::FetchedJob;
 use futures::future::BoxFuture;
 
+use crate::breaker::Guards;
+
 /// What a handler tells the queue when it does not succeed.
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
@@ -57,9 +59,12 @@ pub struct JobContext {
     pub attempt: i32,
     /// The job's meta (request id and the like), parsed.
     pub meta: serde_json::Value,
+    /// The circuit breakers and rate limits of external services: pass every call to one
+    /// through them (`guards.call(service, ..)`).
+    pub guards: Guards,
 }
 
-type BoxHandler = Arc<dyn Fn(FetchedJob) -> BoxFuture<'static, JobResult> + Send + Sync>;
+type BoxHandler = Arc<dyn Fn(FetchedJob, Guards) -> BoxFuture<'static, JobResult> + Send + Sync>;
 
 /// The handler of each kind, with the kind's spec.
 #[derive(Clone, Default)]
@@ -67,6 +72,8 @@ pub struct Handlers {
     by_kind: Arc<HashMap<&'static str, (&'static KindSpec, BoxHandler)>>,
     /// Per-kind timeouts that override the registry's (`KIND_TIMEOUTS_MS`).
     timeouts: Arc<HashMap<String, Duration>>,
+    /// Given to every handler in its context.
+    guards: Guards,
 }
 
 impl Handlers {
@@ -81,6 +88,13 @@ impl Handlers {
     /// Override the timeout of the kinds in `timeouts`; the others keep their registry's.
     pub fn with_timeouts(mut self, timeouts: HashMap<String, Duration>) -> Self {
         self.timeouts = Arc::new(timeouts);
+        self
+    }
+
+    /// Give handlers these guards of external services (by default, guards that allow every
+    /// call).
+    pub fn with_guards(mut self, guards: Guards) -> Self {
+        self.guards = guards;
         self
     }
 
@@ -107,7 +121,7 @@ impl Handlers {
     {
         let spec = common::jobs::kind(A::KIND)?;
         let handler = Arc::new(handler);
-        let run: BoxHandler = Arc::new(move |job: FetchedJob| {
+        let run: BoxHandler = Arc::new(move |job: FetchedJob, guards: Guards| {
             let handler = handler.clone();
             Box::pin(async move {
                 let args: A = serde_json::from_str(&job.args.0)
@@ -119,6 +133,7 @@ impl Handlers {
                         id: job.id,
                         attempt: job.attempt,
                         meta,
+                        guards,
                     },
                 )
                 .await
@@ -159,7 +174,7 @@ impl Handlers {
             return Err(JobError::UnknownKind(job.kind.clone()));
         };
         let timeout = self.timeout_of(spec);
-        match tokio::time::timeout(timeout, handler(job)).await {
+        match tokio::time::timeout(timeout, handler(job, self.guards.clone())).await {
             Ok(result) => result,
             Err(_) => Err(JobError::Timeout(timeout)),
         }

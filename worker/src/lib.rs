@@ -9,6 +9,7 @@
 //! still held is handed back to the queue as available.
 
 pub mod backend;
+pub mod breaker;
 pub mod completer;
 pub mod config;
 pub mod handlers;
@@ -72,6 +73,10 @@ pub async fn run(settings: WorkerSettings, stop: CancellationToken) -> anyhow::R
         connect(&fetch_pool, n_queues),
         connect(&outcome_pool, 1),
     )?;
+    let handlers = handlers.with_guards(breaker::Guards::new(
+        pool.clone(),
+        settings.services.clone(),
+    ));
     let host = gethostname::gethostname().to_string_lossy().into_owned();
     let info = Arc::new(WorkerInfo {
         id: new_worker_id(&host),

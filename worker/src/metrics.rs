@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use common::breaker::State;
 use common::queue::outcome::Outcome;
-use metrics::{Counter, Histogram, counter, histogram};
+use metrics::{Counter, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
 /// Buckets of the run-time and latency histograms, in seconds: 1 ms to 5 min.
@@ -109,4 +110,38 @@ impl QueueMetrics {
 pub fn rescued(retried: u64, discarded: u64) {
     counter!("quayside_jobs_rescued_total", "outcome" => "retried").increment(retried);
     counter!("quayside_jobs_rescued_total", "outcome" => "discarded").increment(discarded);
+}
+
+/// The breaker state of `service` a process last saw: 0 closed, 1 half-open, 2 open.
+pub fn breaker_state(service: &str, state: State) {
+    let v = match state {
+        State::Closed => 0.0,
+        State::HalfOpen => 1.0,
+        State::Open => 2.0,
+    };
+    gauge!("quayside_breaker_state", "service" => service.to_owned()).set(v);
+}
+
+/// A breaker transition this process made.
+pub fn breaker_transition(service: &str, from: State, to: State) {
+    counter!("quayside_breaker_transitions_total", "service" => service.to_owned(),
+             "from" => from.as_str(), "to" => to.as_str())
+    .increment(1);
+}
+
+/// A call to `service` not made because its breaker is open (the job was snoozed).
+pub fn breaker_denied(service: &str) {
+    counter!("quayside_breaker_denied_total", "service" => service.to_owned()).increment(1);
+}
+
+/// A call to `service` not made because of its rate limit (the job was snoozed).
+pub fn rate_limited(service: &str) {
+    counter!("quayside_rate_limited_total", "service" => service.to_owned()).increment(1);
+}
+
+/// A call made to `service`, and whether the service answered well.
+pub fn external_call(service: &str, ok: bool) {
+    let result = if ok { "success" } else { "failure" };
+    counter!("quayside_external_calls_total", "service" => service.to_owned(), "result" => result)
+        .increment(1);
 }

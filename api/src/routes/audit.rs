@@ -33,7 +33,8 @@ pub struct AuditEntry {
     /// Who: `user:<name>` or `api_key:<name>`.
     pub actor: String,
     /// What: `job.retry`, `job.cancel`, `jobs.bulk_retry`, `jobs.bulk_cancel`,
-    /// `jobs.bulk_delete`, `queue.pause`, `queue.resume`, `api_key.create`, `api_key.revoke`.
+    /// `jobs.bulk_delete`, `queue.pause`, `queue.resume`, `api_key.create`, `api_key.revoke`,
+    /// `breaker.force_open`, `breaker.force_closed`, `breaker.clear`.
     pub action: String,
     /// The object acted on, e.g. `job:42`.
     pub target: Option<String>,

@@ -2,6 +2,7 @@
 //! fresh, migrated database per test. One binary; a module per feature.
 
 mod auth;
+mod breakers;
 mod errors;
 mod jobs;
 mod middleware;

@@ -41,6 +41,14 @@ pub struct Noop {
     /// Stored as the job's result on success.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<serde_json::Value>,
+    /// Call this URL (`http://host:port/path`, GET) through the circuit breaker and rate limit
+    /// of `service`: a 2xx answer is a success, anything else a retryable failure of the
+    /// service. For checking the breakers and rate limits end to end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub call_url: Option<String>,
+    /// The external service `call_url` stands for (default `noop`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
 }
 
 /// The longest sleep or snooze a `noop` may ask for: one day.
@@ -55,6 +63,28 @@ impl JobArgs for Noop {
                 return Err(ArgsError::Invalid {
                     field,
                     message: format!("at most {MAX_MS} ms"),
+                });
+            }
+        }
+        if let Some(url) = &self.call_url {
+            let host = url.strip_prefix("http://").unwrap_or("");
+            if host.is_empty() || host.starts_with('/') {
+                return Err(ArgsError::Invalid {
+                    field: "call_url",
+                    message: "an http://host:port/path URL".into(),
+                });
+            }
+        }
+        if let Some(service) = &self.service {
+            let ok = !service.is_empty()
+                && service.len() <= 64
+                && service
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+            if !ok {
+                return Err(ArgsError::Invalid {
+                    field: "service",
+                    message: "1 to 64 letters, digits, _ - .".into(),
                 });
             }
         }

@@ -3,6 +3,7 @@
 
 mod accounts;
 mod admin;
+mod breaker;
 mod counts;
 mod enqueue;
 mod enqueue_many;

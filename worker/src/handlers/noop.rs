@@ -1,9 +1,12 @@
-//! The `noop` handler: does what its args ask (sleep, fail, panic, snooze, cancel) so every
-//! outcome of the queue can be driven through a real worker.
+//! The `noop` handler: does what its args ask (sleep, fail, panic, snooze, cancel, call a URL
+//! through a service's breaker and rate limit) so every outcome of the queue can be driven
+//! through a real worker.
 
 use std::time::Duration;
 
 use common::jobs::noop::Noop;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use super::{JobContext, JobError, JobResult};
 
@@ -30,6 +33,14 @@ pub async fn run(args: Noop, ctx: JobContext) -> JobResult {
     if let Some(ms) = args.sleep_ms.filter(|&ms| ms > 0) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
+    if let Some(url) = &args.call_url {
+        let service = args.service.as_deref().unwrap_or("noop");
+        // Every answer but a 2xx, and no answer, counts against the service.
+        ctx.guards
+            .call(service, http_get(url), |_| true)
+            .await?
+            .map_err(JobError::Retry)?;
+    }
     if args.panic == Some(true) {
         panic!("noop job {} panicked as asked", ctx.id);
     }
@@ -50,4 +61,39 @@ pub async fn run(args: Noop, ctx: JobContext) -> JobResult {
         )));
     }
     Ok(args.result)
+}
+
+/// GET `url` (plain `http://host:port/path`) with a minimal HTTP/1.1 client: `Ok` on a 2xx
+/// status. Enough for the diagnostic call; real integrations use a real client.
+async fn http_get(url: &str) -> Result<u16, String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url:?} is not an http:// URL"))?;
+    let (host, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, "/"),
+    };
+    let mut stream = TcpStream::connect(host)
+        .await
+        .map_err(|e| format!("connect to {host}: {e}"))?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("send to {host}: {e}"))?;
+    let mut answer = Vec::new();
+    stream
+        .read_to_end(&mut answer)
+        .await
+        .map_err(|e| format!("read from {host}: {e}"))?;
+    let status = std::str::from_utf8(&answer)
+        .ok()
+        .and_then(|a| a.split_whitespace().nth(1))
+        .and_then(|code| code.parse::<u16>().ok())
+        .ok_or_else(|| format!("no HTTP status from {host}"))?;
+    if (200..300).contains(&status) {
+        Ok(status)
+    } else {
+        Err(format!("{url} answered HTTP {status}"))
+    }
 }

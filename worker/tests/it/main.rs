@@ -1,6 +1,7 @@
 //! Worker integration tests against a real PostgreSQL: in-process workers for outcomes, and
 //! the real `worker` binary for signals, kills and multi-process runs.
 
+mod breakers;
 mod harness;
 mod maintenance;
 mod outcomes;

@@ -1,0 +1,337 @@
+//! Circuit breakers and rate limits of external services through real `worker` processes:
+//! `noop` jobs call a tiny HTTP server run by the test, which counts and times the calls and
+//! can be told to fail.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::queue::{JobOptions, JobState, NewJob, control, enqueue_many};
+use common::testing::{TestDb, wait_for};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::harness::{Process, fast_env, wait_count, with_env};
+
+/// One call the server received.
+#[derive(Debug, Clone)]
+struct Received {
+    path: String,
+    at: Instant,
+    ok: bool,
+}
+
+/// A stand-in for an external service: answers 200, or 500 while failing.
+struct FakeService {
+    addr: std::net::SocketAddr,
+    failing: Arc<AtomicBool>,
+    calls: Arc<Mutex<Vec<Received>>>,
+}
+
+impl FakeService {
+    async fn start(failing: bool) -> FakeService {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let failing = Arc::new(AtomicBool::new(failing));
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let (f, c) = (failing.clone(), calls.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let (f, c) = (f.clone(), c.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&buf);
+                    let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+                    let ok = !f.load(Ordering::SeqCst);
+                    c.lock().unwrap().push(Received {
+                        path,
+                        at: Instant::now(),
+                        ok,
+                    });
+                    let status = if ok {
+                        "200 OK"
+                    } else {
+                        "500 Internal Server Error"
+                    };
+                    let _ = sock
+                        .write_all(
+                            format!(
+                                "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                            )
+                            .as_bytes(),
+                        )
+                        .await;
+                });
+            }
+        });
+        FakeService {
+            addr,
+            failing,
+            calls,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn calls(&self) -> Vec<Received> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+/// Enqueue `n` noop jobs calling `/job/<i>` of `server` as `service`; returns their ids.
+async fn enqueue_calls(
+    db: &TestDb,
+    server: &FakeService,
+    service: &str,
+    n: usize,
+    max_attempts: i32,
+) -> Vec<i64> {
+    let jobs: Vec<NewJob> = (0..n)
+        .map(|i| {
+            NewJob::from_json(
+                "noop",
+                json!({"call_url": server.url(&format!("/job/{i}")), "service": service}),
+            )
+            .unwrap()
+            .with(JobOptions {
+                max_attempts: Some(max_attempts),
+                ..Default::default()
+            })
+        })
+        .collect();
+    enqueue_many(&db.conn().await, &jobs)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect()
+}
+
+/// Two `worker` processes on `env`, each serving metrics on a port of its own (returned).
+async fn start_two(db: &TestDb, env: &[(&'static str, String)]) -> ([Process; 2], [u16; 2]) {
+    let ports = [free_port(), free_port()];
+    let procs = ports.map(|port| {
+        Process::start(
+            &with_env(env.to_vec(), "METRICS_PORT", port.to_string()),
+            &[],
+        )
+    });
+    wait_count(
+        db,
+        "SELECT count(*) FROM workers",
+        2,
+        Duration::from_secs(20),
+    )
+    .await;
+    (procs, ports)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The sum over `ports` of the samples of `metric` whose labels include all of `labels`
+/// (`name="value"` each).
+async fn metric_sum(ports: &[u16], metric: &str, labels: &[&str]) -> f64 {
+    let mut sum = 0.0;
+    for port in ports {
+        let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", *port)).await else {
+            continue;
+        };
+        let req = "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+        if s.write_all(req.as_bytes()).await.is_err() {
+            continue;
+        }
+        let mut body = String::new();
+        let _ = s.read_to_string(&mut body).await;
+        for line in body.lines() {
+            let Some(rest) = line.strip_prefix(metric) else {
+                continue;
+            };
+            if rest.starts_with('{') && labels.iter().all(|l| rest.contains(l)) {
+                sum += rest
+                    .rsplit(' ')
+                    .next()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0);
+            }
+        }
+    }
+    sum
+}
+
+#[tokio::test]
+async fn a_failing_service_opens_the_breaker_for_every_process_and_recovers_through_a_probe() {
+    const THRESHOLD: usize = 3;
+    const JOBS: usize = 12;
+    let db = TestDb::new().await;
+    let server = FakeService::start(true).await;
+    let env = with_env(fast_env(&db.url), "WORKER_CONCURRENCY", "1");
+    let env = with_env(env, "BREAKER_FAILURE_THRESHOLD", THRESHOLD.to_string());
+    let env = with_env(env, "BREAKER_FAILURE_RATE", "0");
+    let env = with_env(env, "BREAKER_COOL_DOWN_MS", "1500");
+    let env = with_env(env, "BREAKER_HALF_OPEN_PROBES", "1");
+    let (_procs, ports) = start_two(&db, &env).await;
+    let ids = enqueue_calls(&db, &server, "flaky", JOBS, 30).await;
+
+    // Open, then reopened twice by failed probes; jobs snoozed in both processes meanwhile.
+    wait_count(
+        &db,
+        "SELECT count(*) FROM breakers WHERE service = 'flaky' AND times_opened >= 3",
+        1,
+        Duration::from_secs(60),
+    )
+    .await;
+    wait_count(
+        &db,
+        "SELECT count(DISTINCT attempted_by) FROM jobs WHERE (meta->>'snoozes')::int > 0",
+        2,
+        Duration::from_secs(60),
+    )
+    .await;
+    let failed = server.calls().len();
+    let times_opened: i64 = db
+        .scalar("SELECT times_opened FROM breakers WHERE service = 'flaky'")
+        .await;
+    // The threshold's calls, one call already in flight in the other process, and one probe
+    // per opening. Breakers per process would allow twice the threshold and a probe from each.
+    let bound = THRESHOLD + 1 + times_opened as usize;
+    assert!(
+        failed <= bound,
+        "{failed} calls while failing, more than {bound} ({times_opened} openings)"
+    );
+    assert!(server.calls().iter().all(|c| !c.ok));
+
+    // The service recovers: a probe closes the breaker and every job completes exactly once.
+    server.failing.store(false, Ordering::SeqCst);
+    wait_count(
+        &db,
+        "SELECT count(*) FROM jobs WHERE state = 'completed'",
+        JOBS as i64,
+        Duration::from_secs(90),
+    )
+    .await;
+    let state: String = db
+        .scalar("SELECT state FROM breakers WHERE service = 'flaky'")
+        .await;
+    assert_eq!(state, "closed");
+    let calls = server.calls();
+    let c = db.conn().await;
+    let mut snoozed = 0;
+    for (i, id) in ids.iter().enumerate() {
+        let job = control::get(&c, *id).await.unwrap().unwrap();
+        assert_eq!(job.state, JobState::Completed);
+        let path = format!("/job/{i}");
+        let mine: Vec<_> = calls.iter().filter(|c| c.path == path).collect();
+        assert_eq!(
+            mine.iter().filter(|c| c.ok).count(),
+            1,
+            "job {i} succeeded once"
+        );
+        // Each attempt made exactly one call: snoozed runs used up no attempt.
+        assert_eq!(
+            job.attempt as usize,
+            mine.len(),
+            "job {i}: {:?}",
+            job.errors
+        );
+        assert_eq!(job.errors.len(), mine.len() - 1);
+        snoozed += job.meta["snoozes"].as_u64().unwrap_or(0);
+    }
+    assert!(snoozed > 0);
+
+    // The processes' metrics agree with the database: one opening from closed, one closing,
+    // a reopening for every failed probe, and calls denied while open.
+    let opened = times_opened_now(&db).await;
+    let flaky = r#"service="flaky""#;
+    let want = [
+        (r#"from="closed",to="open""#, 1.0),
+        (r#"from="half_open",to="closed""#, 1.0),
+        (r#"from="half_open",to="open""#, (opened - 1) as f64),
+    ];
+    wait_for("transition metrics", Duration::from_secs(10), || async {
+        for (labels, n) in want {
+            let got = metric_sum(
+                &ports,
+                "quayside_breaker_transitions_total",
+                &[flaky, labels],
+            )
+            .await;
+            if got != n {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    assert!(metric_sum(&ports, "quayside_breaker_denied_total", &[flaky]).await > 0.0);
+    let successes = metric_sum(
+        &ports,
+        "quayside_external_calls_total",
+        &[flaky, r#"result="success""#],
+    )
+    .await;
+    assert_eq!(successes, JOBS as f64);
+}
+
+async fn times_opened_now(db: &TestDb) -> i64 {
+    db.scalar("SELECT times_opened FROM breakers WHERE service = 'flaky'")
+        .await
+}
+
+#[tokio::test]
+async fn a_global_rate_limit_holds_across_processes() {
+    const JOBS: usize = 40;
+    let db = TestDb::new().await;
+    let server = FakeService::start(false).await;
+    let env = with_env(fast_env(&db.url), "WORKER_CONCURRENCY", "4");
+    let env = with_env(env, "RATE_LIMITS", "limited=10/5s");
+    let (_procs, _) = start_two(&db, &env).await;
+    let ids = enqueue_calls(&db, &server, "limited", JOBS, 3).await;
+    wait_count(
+        &db,
+        "SELECT count(*) FROM jobs WHERE state = 'completed'",
+        JOBS as i64,
+        Duration::from_secs(120),
+    )
+    .await;
+
+    let mut calls = server.calls();
+    assert_eq!(calls.len(), JOBS, "one call per job");
+    calls.sort_by_key(|c| c.at);
+    // No 11 calls within one period, as the server saw them (less a margin for the time
+    // between the grant and the call's arrival).
+    let window = Duration::from_millis(4500);
+    for w in calls.windows(11) {
+        let spread = w[10].at - w[0].at;
+        assert!(spread >= window, "11 calls within {spread:?}");
+    }
+    let c = db.conn().await;
+    let mut snoozed = 0;
+    for id in ids {
+        let job = control::get(&c, id).await.unwrap().unwrap();
+        assert_eq!((job.state, job.attempt), (JobState::Completed, 1));
+        snoozed += job.meta["snoozes"].as_u64().unwrap_or(0);
+    }
+    assert!(
+        snoozed >= 30,
+        "jobs waited for their slot ({snoozed} snoozes)"
+    );
+}
