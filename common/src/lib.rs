@@ -13,6 +13,7 @@ pub mod config;
 pub mod db;
 pub mod jobs;
 pub mod queue;
+pub mod registrations;
 pub mod retry;
 #[cfg(feature = "testing")]
 pub mod testing;

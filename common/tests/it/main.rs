@@ -9,5 +9,6 @@ mod fetch;
 mod maintenance;
 mod migrate;
 mod notify;
+mod registrations;
 mod support;
 mod unique;
