@@ -5,3 +5,4 @@ mod harness;
 mod maintenance;
 mod outcomes;
 mod processes;
+mod registrations;
