@@ -32,6 +32,8 @@ pub type Apis = (
     routes::jobs::JobsApi,
     routes::queues::QueuesApi,
     routes::audit::AuditApi,
+    routes::registrations::RegistrationsApi,
+    routes::files::FilesApi,
 );
 
 /// The OpenAPI service (also the source of the committed `openapi.json`).
@@ -48,7 +50,13 @@ pub fn openapi(
             routes::api_keys::ApiKeysApi::new(auth.clone()),
             routes::jobs::JobsApi::new(auth.clone()),
             routes::queues::QueuesApi::new(auth.clone()),
-            routes::audit::AuditApi::new(auth),
+            routes::audit::AuditApi::new(auth.clone()),
+            routes::registrations::RegistrationsApi::new(
+                auth,
+                settings.team_id_prefix.clone(),
+                settings.idempotency_ttl,
+            ),
+            routes::files::FilesApi::new(settings.uploads_dir.clone()),
         ),
         "Quayside",
         VERSION,

@@ -3,8 +3,10 @@
 pub mod api_keys;
 pub mod audit;
 pub mod auth;
+pub mod files;
 pub mod jobs;
 pub mod queues;
+pub mod registrations;
 
 use deadpool_postgres::GenericClient;
 use poem_openapi::Tags;
@@ -26,6 +28,10 @@ pub enum Tag {
     Queues,
     /// The log of operator actions (operators).
     Audit,
+    /// Team registrations (public) and their inspection (admins).
+    Registrations,
+    /// Stored files such as team logos (public).
+    Files,
 }
 
 /// Most items one page of a listing holds.
