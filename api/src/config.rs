@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -34,6 +35,8 @@ pub const DEFAULT_MAX_REQUEST_SIZE_BYTES: u64 = 10 * 1024 * 1024;
 pub const DEFAULT_IDEMPOTENCY_TTL_S: u64 = 86_400;
 /// Default for `TEAM_ID_PREFIX`.
 pub const DEFAULT_TEAM_ID_PREFIX: &str = "ICCT";
+/// Default for `UPLOADS_DIR` (the worker's default too).
+pub const DEFAULT_UPLOADS_DIR: &str = "./.data/uploads";
 
 /// Where the service runs; production refuses insecure settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,6 +173,8 @@ pub struct Settings {
     pub idempotency_ttl: Duration,
     /// `TEAM_ID_PREFIX`.
     pub team_id_prefix: String,
+    /// `UPLOADS_DIR`: where the worker stores uploaded files, served at `/files/<name>`.
+    pub uploads_dir: PathBuf,
     /// `ADMIN_USERNAME`: with `ADMIN_PASSWORD`, the admin created at start-up.
     pub admin_username: Option<String>,
     /// `ADMIN_PASSWORD`: the start-up admin's password, also read by `api create-admin`.
@@ -279,6 +284,13 @@ impl Settings {
                 DEFAULT_IDEMPOTENCY_TTL_S,
             )?),
             team_id_prefix,
+            uploads_dir: match src.get("UPLOADS_DIR") {
+                Some(d) if d.trim().is_empty() => {
+                    return Err(ConfigError::new("UPLOADS_DIR", "must name a directory"));
+                }
+                Some(d) => PathBuf::from(d),
+                None => PathBuf::from(DEFAULT_UPLOADS_DIR),
+            },
             admin_username,
             admin_password,
         })

@@ -33,6 +33,8 @@ pub type Apis = (
     routes::queues::QueuesApi,
     routes::audit::AuditApi,
     routes::breakers::BreakersApi,
+    routes::registrations::RegistrationsApi,
+    routes::files::FilesApi,
 );
 
 /// The OpenAPI service (also the source of the committed `openapi.json`).
@@ -50,7 +52,13 @@ pub fn openapi(
             routes::jobs::JobsApi::new(auth.clone()),
             routes::queues::QueuesApi::new(auth.clone()),
             routes::audit::AuditApi::new(auth.clone()),
-            routes::breakers::BreakersApi::new(auth),
+            routes::breakers::BreakersApi::new(auth.clone()),
+            routes::registrations::RegistrationsApi::new(
+                auth,
+                settings.team_id_prefix.clone(),
+                settings.idempotency_ttl,
+            ),
+            routes::files::FilesApi::new(settings.uploads_dir.clone()),
         ),
         "Quayside",
         VERSION,

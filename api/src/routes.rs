@@ -4,8 +4,10 @@ pub mod api_keys;
 pub mod audit;
 pub mod auth;
 pub mod breakers;
+pub mod files;
 pub mod jobs;
 pub mod queues;
+pub mod registrations;
 
 use deadpool_postgres::GenericClient;
 use poem_openapi::Tags;
@@ -29,6 +31,10 @@ pub enum Tag {
     Audit,
     /// Circuit breakers and rate limits of external services (operators).
     Breakers,
+    /// Team registrations (public) and their inspection (admins).
+    Registrations,
+    /// Stored files such as team logos (public).
+    Files,
 }
 
 /// Most items one page of a listing holds.

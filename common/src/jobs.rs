@@ -7,6 +7,8 @@
 //! never renamed in place.
 
 pub mod noop;
+pub mod send_confirmation_email;
+pub mod upload_logo;
 
 use std::time::Duration;
 
@@ -69,7 +71,7 @@ pub fn check_args<A: JobArgs>(args: &serde_json::Value) -> Result<(), ArgsError>
 }
 
 /// Every registered kind.
-pub static KINDS: &[KindSpec] = &[noop::SPEC];
+pub static KINDS: &[KindSpec] = &[noop::SPEC, upload_logo::SPEC, send_confirmation_email::SPEC];
 
 /// A periodic job registered in code. Every worker enqueues it on its schedule, once per tick
 /// across the cluster, beside the schedules of `PERIODIC_JOBS` (which replace one of the same
@@ -143,5 +145,26 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn team_kinds_take_a_team_id_and_ignore_unknown_fields() {
+        for name in ["upload_logo", "send_confirmation_email"] {
+            let k = kind(name).unwrap();
+            assert!((k.check)(&serde_json::json!({"team_id": "ICCT-001"})).is_ok());
+            // A newer API may add fields; this worker must still read the row.
+            assert!((k.check)(&serde_json::json!({"team_id": "ICCT-001", "later": 1})).is_ok());
+            assert!(matches!(
+                (k.check)(&serde_json::json!({})),
+                Err(ArgsError::Shape(_))
+            ));
+            assert!(matches!(
+                (k.check)(&serde_json::json!({"team_id": "../etc"})),
+                Err(ArgsError::Invalid {
+                    field: "team_id",
+                    ..
+                })
+            ));
+        }
     }
 }

@@ -15,6 +15,7 @@ pub mod db;
 pub mod jobs;
 pub mod queue;
 pub mod ratelimit;
+pub mod registrations;
 pub mod retry;
 #[cfg(feature = "testing")]
 pub mod testing;

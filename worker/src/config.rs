@@ -1,6 +1,7 @@
 //! The worker's settings: flags and environment, validated into one typed struct.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use common::breaker::Policy;
@@ -8,6 +9,7 @@ use common::config::{ConfigError, DatabaseSettings, Source, boolean, millis, par
 use common::ratelimit::Limit;
 
 use crate::breaker::{ServiceSettings, ServicesSettings};
+use lettre::message::Mailbox;
 
 /// Everything a worker process needs to know, validated.
 #[derive(Debug, Clone)]
@@ -41,6 +43,23 @@ pub struct WorkerSettings {
     pub kind_timeouts: HashMap<String, Duration>,
     /// Circuit breakers and rate limits of external services.
     pub services: ServicesSettings,
+    /// Where the registration jobs put logos and mail.
+    pub delivery: DeliverySettings,
+}
+
+/// The embedded defaults of the registration jobs: logos stored as local files that the API
+/// serves, and mail written as `.eml` files to an outbox directory.
+#[derive(Debug, Clone)]
+pub struct DeliverySettings {
+    /// `UPLOADS_DIR`: where logos are stored (the API serves them at `/files/<name>`).
+    pub uploads_dir: PathBuf,
+    /// `MAIL_OUTBOX_DIR`: where confirmation mail is written as `.eml` files.
+    pub outbox_dir: PathBuf,
+    /// `SMTP_FROM_EMAIL`: the sender of confirmation mail, `Name <address>` or an address.
+    pub from: Mailbox,
+    /// `PUBLIC_BASE_URL`: the API's address as mail readers reach it; links to logos start
+    /// with it.
+    pub public_base_url: String,
 }
 
 /// Intervals of the maintenance services; each pass runs once per interval across all workers.
@@ -98,6 +117,14 @@ pub const DEFAULT_PRUNE_INTERVAL_MS: u64 = 60_000;
 pub const DEFAULT_RETENTION_HOURS: u64 = 168;
 /// Default `WORKER_TTL_MS`.
 pub const DEFAULT_WORKER_TTL_MS: u64 = 120_000;
+/// Default `UPLOADS_DIR` (the API's default too).
+pub const DEFAULT_UPLOADS_DIR: &str = "./.data/uploads";
+/// Default `MAIL_OUTBOX_DIR`.
+pub const DEFAULT_OUTBOX_DIR: &str = "./.data/outbox";
+/// Default `SMTP_FROM_EMAIL`.
+pub const DEFAULT_FROM: &str = "Quayside <noreply@localhost>";
+/// Default `PUBLIC_BASE_URL`: the API on its default port (8080).
+pub const DEFAULT_PUBLIC_BASE_URL: &str = "http://localhost:8080";
 
 impl WorkerSettings {
     /// Read and validate. `queues` and `concurrency` are the command-line flags, which win over
@@ -185,12 +212,50 @@ impl WorkerSettings {
                 Some(raw) => parse_kind_timeouts(&raw)?,
             },
             services: services(src)?,
+            delivery: DeliverySettings::from_source(src)?,
         })
     }
 
     /// Job slots over all queues.
     pub fn total_concurrency(&self) -> usize {
         self.queues.iter().map(|(_, n)| n).sum()
+    }
+}
+
+impl DeliverySettings {
+    /// Read and validate.
+    pub fn from_source(src: &(impl Source + ?Sized)) -> Result<Self, ConfigError> {
+        let dir = |name: &'static str, default: &str| -> Result<PathBuf, ConfigError> {
+            let raw = src.get(name).unwrap_or_else(|| default.to_owned());
+            if raw.trim().is_empty() {
+                return Err(ConfigError::new(name, "must name a directory"));
+            }
+            Ok(PathBuf::from(raw))
+        };
+        let from_raw = src
+            .get("SMTP_FROM_EMAIL")
+            .unwrap_or_else(|| DEFAULT_FROM.to_owned());
+        let from = from_raw.parse::<Mailbox>().map_err(|e| {
+            ConfigError::new(
+                "SMTP_FROM_EMAIL",
+                format!("{from_raw:?} is not an address such as Name <a@example.com>: {e}"),
+            )
+        })?;
+        let public_base_url = src
+            .get("PUBLIC_BASE_URL")
+            .unwrap_or_else(|| DEFAULT_PUBLIC_BASE_URL.to_owned());
+        if !(public_base_url.starts_with("http://") || public_base_url.starts_with("https://")) {
+            return Err(ConfigError::new(
+                "PUBLIC_BASE_URL",
+                format!("{public_base_url:?} is not an http(s) URL"),
+            ));
+        }
+        Ok(Self {
+            uploads_dir: dir("UPLOADS_DIR", DEFAULT_UPLOADS_DIR)?,
+            outbox_dir: dir("MAIL_OUTBOX_DIR", DEFAULT_OUTBOX_DIR)?,
+            from,
+            public_base_url: public_base_url.trim_end_matches('/').to_owned(),
+        })
     }
 }
 
@@ -461,6 +526,26 @@ mod tests {
     }
 
     #[test]
+    fn delivery_defaults_to_local_files_and_takes_overrides() {
+        let s = settings(&[], None, None).unwrap().delivery;
+        assert_eq!(s.uploads_dir, PathBuf::from(DEFAULT_UPLOADS_DIR));
+        assert_eq!(s.outbox_dir, PathBuf::from(DEFAULT_OUTBOX_DIR));
+        assert_eq!(s.from.email.to_string(), "noreply@localhost");
+        let s = settings(
+            &[
+                ("SMTP_FROM_EMAIL", "Cup <cup@example.org>"),
+                ("PUBLIC_BASE_URL", "https://cup.example.org/"),
+            ],
+            None,
+            None,
+        )
+        .unwrap()
+        .delivery;
+        assert_eq!(s.from.name.as_deref(), Some("Cup"));
+        assert_eq!(s.public_base_url, "https://cup.example.org");
+    }
+
+    #[test]
     fn each_bad_setting_is_named() {
         for (env, queues, conc, name) in [
             (vec![], Some("a,a"), None, "WORKER_QUEUES"),
@@ -480,6 +565,19 @@ mod tests {
                 "WORKER_LEASE_MS",
             ),
             (vec![("METRICS_PORT", "99999")], None, None, "METRICS_PORT"),
+            (
+                vec![("SMTP_FROM_EMAIL", "not an address")],
+                None,
+                None,
+                "SMTP_FROM_EMAIL",
+            ),
+            (
+                vec![("PUBLIC_BASE_URL", "example.com")],
+                None,
+                None,
+                "PUBLIC_BASE_URL",
+            ),
+            (vec![("UPLOADS_DIR", " ")], None, None, "UPLOADS_DIR"),
             (
                 vec![("WORKER_LISTEN", "maybe")],
                 None,

@@ -2,6 +2,8 @@
 //! handler. The worker refuses to start if a registered kind has no handler.
 
 pub mod noop;
+pub mod send_confirmation_email;
+pub mod upload_logo;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,9 +11,40 @@ use std::time::Duration;
 
 use common::jobs::{JobArgs, KINDS, KindSpec};
 use common::queue::FetchedJob;
+use deadpool_postgres::Pool;
 use futures::future::BoxFuture;
 
 use crate::breaker::Guards;
+use crate::config::DeliverySettings;
+use send_confirmation_email::{Confirmation, OutboxMailer};
+use upload_logo::{LocalStorage, Storage};
+
+/// What handlers use besides their args: a pool, and the storage and mail delivery chosen once
+/// at start-up.
+#[derive(Clone)]
+pub struct Services {
+    /// Connections for the handlers' own statements.
+    pub pool: Pool,
+    /// Where logos are stored.
+    pub storage: Arc<dyn Storage>,
+    /// How confirmations are sent.
+    pub confirmation: Arc<Confirmation>,
+}
+
+impl Services {
+    /// The embedded defaults: logos as local files, mail as `.eml` files in an outbox.
+    pub fn embedded(pool: Pool, delivery: &DeliverySettings) -> Self {
+        Self {
+            pool,
+            storage: Arc::new(LocalStorage::new(&delivery.uploads_dir)),
+            confirmation: Arc::new(Confirmation {
+                from: delivery.from.clone(),
+                public_base_url: delivery.public_base_url.clone(),
+                mailer: Arc::new(OutboxMailer::new(&delivery.outbox_dir)),
+            }),
+        }
+    }
+}
 
 /// What a handler tells the queue when it does not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -78,9 +111,15 @@ pub struct Handlers {
 
 impl Handlers {
     /// Every handler this worker has; one per registered kind.
-    pub fn all() -> anyhow::Result<Self> {
+    pub fn all(services: &Services) -> anyhow::Result<Self> {
         let mut h = Handlers::default();
         h.register::<common::jobs::noop::Noop, _, _>(noop::run)?;
+        let (pool, storage) = (services.pool.clone(), services.storage.clone());
+        h.register(move |args, ctx| upload_logo::run(args, ctx, pool.clone(), storage.clone()))?;
+        let (pool, conf) = (services.pool.clone(), services.confirmation.clone());
+        h.register(move |args, ctx| {
+            send_confirmation_email::run(args, ctx, pool.clone(), conf.clone())
+        })?;
         h.check_complete()?;
         Ok(h)
     }
@@ -185,15 +224,25 @@ impl Handlers {
 mod tests {
     use super::*;
 
+    fn all() -> Handlers {
+        let pool = common::db::pool(&common::config::DatabaseSettings::for_url(
+            "postgres://localhost/unused",
+        ))
+        .unwrap();
+        let no_env: &[(&str, &str)] = &[];
+        let delivery = DeliverySettings::from_source(no_env).unwrap();
+        Handlers::all(&Services::embedded(pool, &delivery)).unwrap()
+    }
+
     #[test]
     fn every_kind_has_a_handler_and_every_handler_a_kind() {
-        let h = Handlers::all().unwrap();
+        let h = all();
         assert_eq!(h.by_kind.len(), KINDS.len());
     }
 
     #[test]
     fn timeouts_are_overridden_per_kind() {
-        let h = Handlers::all().unwrap();
+        let h = all();
         assert_eq!(h.timeout("noop"), Some(common::jobs::noop::SPEC.timeout));
         let h = h.with_timeouts(HashMap::from([(
             "noop".to_string(),

@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backend::QueueBackend;
 use crate::completer::Completer;
 use crate::config::WorkerSettings;
-use crate::handlers::Handlers;
+use crate::handlers::{Handlers, Services};
 use crate::lease::Held;
 use crate::producer::Producer;
 
@@ -53,7 +53,6 @@ pub fn new_worker_id(host: &str) -> String {
 
 /// Run the worker until `stop` is cancelled, then shut down gracefully.
 pub async fn run(settings: WorkerSettings, stop: CancellationToken) -> anyhow::Result<()> {
-    let handlers = Handlers::all()?.with_timeouts(settings.kind_timeouts.clone());
     // A pool fit for each kind of statement (`common::db::Plans`). The hot path (fetches;
     // outcomes and lease renewals) commits without waiting for the WAL flush unless
     // WORKER_SYNCHRONOUS_COMMIT; maintenance, heartbeats and periodic enqueues are durable.
@@ -65,6 +64,8 @@ pub async fn run(settings: WorkerSettings, stop: CancellationToken) -> anyhow::R
     let n_queues = settings.queues.len();
     let sync = settings.synchronous_commit;
     let pool = worker_pool(db, Plans::PerExecution, true)?;
+    let handlers = Handlers::all(&Services::embedded(pool.clone(), &settings.delivery))?
+        .with_timeouts(settings.kind_timeouts.clone());
     let fetch_pool = worker_pool(&sized(n_queues), Plans::Cached, sync)?;
     let outcome_pool = worker_pool(&sized(2), Plans::PerExecution, sync)?;
     // Connect the hot path while migrations run, so the first batch pays for neither.

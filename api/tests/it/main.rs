@@ -7,5 +7,6 @@ mod errors;
 mod jobs;
 mod middleware;
 mod probes;
+mod registrations;
 mod server;
 mod support;

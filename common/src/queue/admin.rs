@@ -96,6 +96,22 @@ pub async fn list_jobs(
         .collect::<Result<Vec<_>, _>>()?)
 }
 
+/// The jobs of a team: those whose args name it (`upload_logo`, `send_confirmation_email`).
+/// `args ? 'team_id'` lets the planner use the partial index `jobs_team_id_idx`.
+const TEAM_JOBS: &str = "WHERE j.args ? 'team_id' AND j.args ->> 'team_id' = $1 ORDER BY j.id";
+
+/// Every job whose args carry `team_id`, oldest first.
+pub async fn team_jobs(client: &impl GenericClient, team_id: &str) -> Result<Vec<JobRow>> {
+    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs j {TEAM_JOBS}");
+    let stmt = client.prepare_cached(&sql).await?;
+    Ok(client
+        .query(&stmt, &[&team_id])
+        .await?
+        .iter()
+        .map(JobRow::try_from)
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
 /// Rows a bulk action changes per statement: each batch commits on its own, so a
 /// million-row action never holds a million row locks, and workers interleave with it.
 pub const BULK_BATCH: i64 = 1000;

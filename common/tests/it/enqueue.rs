@@ -10,15 +10,20 @@ use crate::support::job;
 async fn job_commits_and_rolls_back_with_the_callers_rows() {
     let db = TestDb::new().await;
     let mut conn = db.conn().await;
-    conn.batch_execute("CREATE TABLE teams (id bigserial PRIMARY KEY, name text NOT NULL UNIQUE)")
-        .await
-        .unwrap();
+    conn.batch_execute(
+        "CREATE TABLE scratch_teams (id bigserial PRIMARY KEY, name text NOT NULL UNIQUE)",
+    )
+    .await
+    .unwrap();
     let other = db.conn().await;
     let teams = |name: &'static str| {
         let other = &other;
         async move {
             other
-                .query_one("SELECT count(*) FROM teams WHERE name = $1", &[&name])
+                .query_one(
+                    "SELECT count(*) FROM scratch_teams WHERE name = $1",
+                    &[&name],
+                )
                 .await
                 .unwrap()
                 .get::<_, i64>(0)
@@ -27,7 +32,7 @@ async fn job_commits_and_rolls_back_with_the_callers_rows() {
 
     // Committed: the team and its job appear together.
     let tx = conn.transaction().await.unwrap();
-    tx.execute("INSERT INTO teams (name) VALUES ('harbour')", &[])
+    tx.execute("INSERT INTO scratch_teams (name) VALUES ('harbour')", &[])
         .await
         .unwrap();
     let committed = enqueue(&tx, &job("teams", 1)).await.unwrap();
@@ -50,7 +55,7 @@ async fn job_commits_and_rolls_back_with_the_callers_rows() {
 
     // Rolled back: neither the team nor the job exists.
     let tx = conn.transaction().await.unwrap();
-    tx.execute("INSERT INTO teams (name) VALUES ('quay')", &[])
+    tx.execute("INSERT INTO scratch_teams (name) VALUES ('quay')", &[])
         .await
         .unwrap();
     let rolled_back = enqueue(&tx, &job("teams", 2)).await.unwrap();

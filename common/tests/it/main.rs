@@ -11,5 +11,6 @@ mod fetch;
 mod maintenance;
 mod migrate;
 mod notify;
+mod registrations;
 mod support;
 mod unique;

@@ -6,3 +6,4 @@ mod harness;
 mod maintenance;
 mod outcomes;
 mod processes;
+mod registrations;

@@ -1,0 +1,180 @@
+//! The `upload_logo` handler: take a registered team's logo bytes from PostgreSQL, store them
+//! through a [`Storage`], set the team's `logo_url`, and drop the bytes.
+//!
+//! Idempotent: a retry after the file was written but before the row was updated writes the
+//! same file again under the same name; a retry after the update finds no bytes and reports
+//! the stored URL. No connection is held while the storage call runs.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use common::jobs::upload_logo::UploadLogo;
+use common::registrations::{self, LogoState};
+use deadpool_postgres::Pool;
+use futures::future::BoxFuture;
+
+use super::{JobContext, JobError, JobResult};
+
+/// Where logos go. The embedded default is [`LocalStorage`]; a Cloudinary implementation can
+/// take its place without the handler changing.
+pub trait Storage: Send + Sync {
+    /// Store `bytes` under `name` (from [`file_name`]) and return the URL they are served at.
+    fn put<'a>(
+        &'a self,
+        name: &'a str,
+        content_type: &'a str,
+        bytes: Vec<u8>,
+    ) -> BoxFuture<'a, Result<String, StorageError>>;
+}
+
+/// Why a logo could not be stored.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// A transient failure (disk, network): retry.
+    #[error("storage failed: {0}")]
+    Transient(String),
+    /// The storage refuses this logo for good.
+    #[error("storage refused the logo: {0}")]
+    Refused(String),
+}
+
+/// Files in one directory, served by the API at `/files/<name>`.
+#[derive(Debug, Clone)]
+pub struct LocalStorage {
+    dir: PathBuf,
+}
+
+impl LocalStorage {
+    /// Files under `dir`, created on first use.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+}
+
+impl Storage for LocalStorage {
+    fn put<'a>(
+        &'a self,
+        name: &'a str,
+        _content_type: &'a str,
+        bytes: Vec<u8>,
+    ) -> BoxFuture<'a, Result<String, StorageError>> {
+        Box::pin(async move {
+            let io = |e: std::io::Error| StorageError::Transient(e.to_string());
+            tokio::fs::create_dir_all(&self.dir).await.map_err(io)?;
+            // Written beside the target and renamed over it, so a reader (the API) never sees
+            // half a file, and a crash leaves at worst a stray temporary file.
+            let tmp = self
+                .dir
+                .join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
+            let write = async {
+                let mut f = tokio::fs::File::create(&tmp).await?;
+                tokio::io::AsyncWriteExt::write_all(&mut f, &bytes).await?;
+                f.sync_all().await?;
+                tokio::fs::rename(&tmp, self.dir.join(name)).await
+            };
+            if let Err(e) = write.await {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(io(e));
+            }
+            Ok(format!("/files/{name}"))
+        })
+    }
+}
+
+/// The stored file's name: the team id in lower case and the extension of its type, e.g.
+/// `icct-001.png`. Deterministic, so a retry overwrites rather than duplicates, and made of
+/// `[a-z0-9.-]` only (team ids are checked by the job's args).
+pub fn file_name(team_id: &str, content_type: &str) -> Option<String> {
+    let ext = match content_type {
+        "image/png" => "png",
+        "image/jpeg" => "jpg",
+        _ => return None,
+    };
+    registrations::is_team_id(team_id).then(|| format!("{}.{ext}", team_id.to_ascii_lowercase()))
+}
+
+/// Run one `upload_logo` job.
+pub async fn run(
+    args: UploadLogo,
+    _ctx: JobContext,
+    pool: Pool,
+    storage: Arc<dyn Storage>,
+) -> JobResult {
+    let conn = pool
+        .get()
+        .await
+        .map_err(|e| JobError::Retry(e.to_string()))?;
+    let state = registrations::logo(&conn, &args.team_id)
+        .await
+        .map_err(|e| JobError::Retry(e.to_string()))?;
+    drop(conn);
+    let (content_type, bytes) = match state {
+        LogoState::NoTeam => {
+            return Err(JobError::Permanent(format!("no team {:?}", args.team_id)));
+        }
+        LogoState::Stored(url) => return Ok(Some(serde_json::json!({ "logo_url": url }))),
+        LogoState::Pending {
+            content_type,
+            bytes,
+        } => (content_type, bytes),
+    };
+    let name = file_name(&args.team_id, &content_type).ok_or_else(|| {
+        JobError::Permanent(format!("cannot store a logo of type {content_type:?}"))
+    })?;
+    let url = storage
+        .put(&name, &content_type, bytes)
+        .await
+        .map_err(|e| match e {
+            StorageError::Transient(m) => JobError::Retry(m),
+            StorageError::Refused(m) => JobError::Permanent(m),
+        })?;
+    let conn = pool
+        .get()
+        .await
+        .map_err(|e| JobError::Retry(e.to_string()))?;
+    let found = registrations::logo_stored(&conn, &args.team_id, &url)
+        .await
+        .map_err(|e| JobError::Retry(e.to_string()))?;
+    if !found {
+        return Err(JobError::Permanent(format!(
+            "team {:?} was deleted during the upload",
+            args.team_id
+        )));
+    }
+    Ok(Some(serde_json::json!({ "logo_url": url })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_safe_and_follow_the_type() {
+        assert_eq!(
+            file_name("ICCT-001", "image/png").as_deref(),
+            Some("icct-001.png")
+        );
+        assert_eq!(
+            file_name("ICCT-1000", "image/jpeg").as_deref(),
+            Some("icct-1000.jpg")
+        );
+        assert_eq!(file_name("ICCT-001", "image/gif"), None);
+        assert_eq!(file_name("../../etc-001", "image/png"), None);
+    }
+
+    #[tokio::test]
+    async fn local_storage_writes_atomically_and_overwrites_on_retry() {
+        let dir = std::env::temp_dir().join(format!("quayside-store-{}", uuid::Uuid::new_v4()));
+        let s = LocalStorage::new(&dir);
+        let url = s.put("a.png", "image/png", b"one".to_vec()).await.unwrap();
+        assert_eq!(url, "/files/a.png");
+        s.put("a.png", "image/png", b"two".to_vec()).await.unwrap();
+        assert_eq!(std::fs::read(dir.join("a.png")).unwrap(), b"two");
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["a.png"], "no temporary file is left behind");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
