@@ -19,7 +19,7 @@ use common::registrations::{
 use deadpool_postgres::Pool;
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
-use poem_openapi::types::multipart::Upload;
+use poem_openapi::types::Binary;
 use poem_openapi::{ApiResponse, Multipart, Object, OpenApi};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -72,8 +72,11 @@ pub struct RegistrationForm {
     /// A JSON array of 1 to 20 `{"name", "role", "phone"}` (name and role 1 to 50
     /// characters, phone 10 digits).
     pub players: Option<String>,
+    // Read into memory (the body limit, MAX_REQUEST_SIZE, bounds it): spooled to a temporary
+    // file, as poem-openapi's `Upload` does, each logo was written and read back through the
+    // kernel.
     /// PNG or JPEG (judged by its bytes, not its name or declared type), at most 5 MB.
-    pub logo: Option<Upload>,
+    pub logo: Option<Binary<Vec<u8>>>,
 }
 
 /// A job enqueued by a registration.
@@ -590,27 +593,20 @@ fn parse_players(raw: Option<&str>, errors: &mut BTreeMap<String, String>) -> Ve
 
 /// The logo part: its bytes and type, judged from the bytes.
 async fn read_logo(
-    upload: Option<Upload>,
+    upload: Option<Binary<Vec<u8>>>,
     errors: &mut BTreeMap<String, String>,
 ) -> (Vec<u8>, Option<&'static str>) {
-    let Some(upload) = upload else {
+    let Some(Binary(bytes)) = upload else {
         errors.insert("logo".into(), "is required".into());
         return (Vec::new(), None);
     };
-    if upload.size() > MAX_LOGO_BYTES {
+    if bytes.len() > MAX_LOGO_BYTES {
         errors.insert(
             "logo".into(),
             format!("must be at most {MAX_LOGO_BYTES} bytes"),
         );
         return (Vec::new(), None);
     }
-    let bytes = match upload.into_vec().await {
-        Ok(b) => b,
-        Err(_) => {
-            errors.insert("logo".into(), "could not be read".into());
-            return (Vec::new(), None);
-        }
-    };
     let kind = sniff_image(&bytes);
     if kind.is_none() {
         errors.insert(
