@@ -133,17 +133,7 @@ pub async fn bulk_cancel(
     filter: &JobFilter,
     batch: i64,
 ) -> Result<u64> {
-    let stmt = client.prepare_cached(BULK_CANCEL).await?;
-    let mut total = 0;
-    loop {
-        let n = client
-            .execute(&stmt, &filter_params(filter, &batch))
-            .await?;
-        total += n;
-        if n < batch as u64 {
-            return Ok(total);
-        }
-    }
+    in_batches(client, BULK_CANCEL, filter, batch).await
 }
 
 const BULK_DELETE: &str = concat!(
@@ -160,17 +150,7 @@ pub async fn bulk_delete(
     filter: &JobFilter,
     batch: i64,
 ) -> Result<u64> {
-    let stmt = client.prepare_cached(BULK_DELETE).await?;
-    let mut total = 0;
-    loop {
-        let n = client
-            .execute(&stmt, &filter_params(filter, &batch))
-            .await?;
-        total += n;
-        if n < batch as u64 {
-            return Ok(total);
-        }
-    }
+    in_batches(client, BULK_DELETE, filter, batch).await
 }
 
 const BULK_RETRY: &str = concat!(
@@ -217,6 +197,27 @@ pub async fn bulk_retry(
                 .await?;
         }
         if seen < batch {
+            return Ok(total);
+        }
+    }
+}
+
+/// Run `sql` (a bulk action on at most `batch` rows matching `filter`) until a run touches
+/// fewer than `batch` rows. Returns how many rows it touched in all.
+async fn in_batches(
+    client: &impl GenericClient,
+    sql: &str,
+    filter: &JobFilter,
+    batch: i64,
+) -> Result<u64> {
+    let stmt = client.prepare_cached(sql).await?;
+    let mut total = 0;
+    loop {
+        let n = client
+            .execute(&stmt, &filter_params(filter, &batch))
+            .await?;
+        total += n;
+        if n < batch as u64 {
             return Ok(total);
         }
     }
