@@ -32,6 +32,9 @@ pub const MAX_PLAYERS: usize = 20;
 pub const MAX_LOGO_BYTES: usize = 5 * 1024 * 1024;
 /// The idempotency scope of `POST /api/v1/registrations`.
 pub const REGISTRATION_SCOPE: &str = "registration";
+/// Default `IDEMPOTENCY_TTL`, in seconds: one day. The API replays an answer that long, and
+/// workers delete the record after it.
+pub const DEFAULT_IDEMPOTENCY_TTL_S: u64 = 86_400;
 
 /// A team to register, already validated by the caller (the schema's CHECKs are the backstop).
 #[derive(Debug, Clone)]
@@ -394,14 +397,22 @@ pub async fn store_answer(
     Ok(())
 }
 
+/// Up to `$2` records older than the TTL, oldest first. A record locked by a claim that is
+/// taking it over is skipped: that claim renews it.
 const PRUNE_KEYS: &str = "
-DELETE FROM idempotency_keys
- WHERE created_at < now() - $1::bigint * interval '1 millisecond'";
+DELETE FROM idempotency_keys WHERE (scope, key) IN (
+  SELECT scope, key FROM idempotency_keys
+   WHERE created_at < now() - $1::bigint * interval '1 millisecond'
+   ORDER BY created_at
+   LIMIT $2
+   FOR UPDATE SKIP LOCKED)";
 
-/// Delete idempotency records older than `ttl`; returns how many.
-pub async fn prune_keys(client: &impl GenericClient, ttl: Duration) -> Result<u64> {
+/// Delete up to `limit` idempotency records older than `ttl`; returns how many.
+pub async fn prune_keys(client: &impl GenericClient, ttl: Duration, limit: usize) -> Result<u64> {
     let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
-    Ok(client.execute(PRUNE_KEYS, &[&ttl_ms]).await?)
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let stmt = client.prepare_cached(PRUNE_KEYS).await?;
+    Ok(client.execute(&stmt, &[&ttl_ms, &limit]).await?)
 }
 
 #[cfg(test)]

@@ -78,6 +78,8 @@ pub struct MaintenanceSettings {
     pub retention: Duration,
     /// Workers silent for this long are removed from the workers table.
     pub worker_ttl: Duration,
+    /// `IDEMPOTENCY_TTL` (the API's setting): idempotency records older than this are deleted.
+    pub idempotency_ttl: Duration,
 }
 
 /// A job enqueued on a cron schedule.
@@ -205,6 +207,11 @@ impl WorkerSettings {
                     ),
                 },
                 worker_ttl: millis(src, "WORKER_TTL_MS", DEFAULT_WORKER_TTL_MS)?,
+                idempotency_ttl: Duration::from_secs(positive(
+                    src,
+                    "IDEMPOTENCY_TTL",
+                    common::registrations::DEFAULT_IDEMPOTENCY_TTL_S,
+                )?),
             },
             periodic,
             kind_timeouts: match src.get("KIND_TIMEOUTS_MS") {

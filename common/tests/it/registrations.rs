@@ -302,5 +302,41 @@ async fn an_expired_key_is_claimed_afresh_and_pruned() {
     )
     .await
     .unwrap();
-    assert_eq!(reg::prune_keys(&c, ttl).await.unwrap(), 1);
+    assert_eq!(reg::prune_keys(&c, ttl, 10).await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn keys_are_pruned_oldest_first_in_bounded_batches() {
+    let db = TestDb::new().await;
+    let c = db.conn().await;
+    let ttl = Duration::from_secs(3600);
+    for (key, age_hours) in [("old-3", 3), ("old-2", 2), ("old-1", 1), ("fresh", 0)] {
+        c.execute(
+            "INSERT INTO idempotency_keys (scope, key, fingerprint, status, body, created_at)
+             VALUES ($1, $2, $3, 201, '{}', now() - $4::int * interval '1 hour'
+                                                     - interval '1 minute')",
+            &[&SCOPE, &key, &vec![1u8; 32], &age_hours],
+        )
+        .await
+        .unwrap();
+    }
+    let left = || async {
+        let rows = db
+            .conn()
+            .await
+            .query("SELECT key FROM idempotency_keys ORDER BY key", &[])
+            .await
+            .unwrap();
+        rows.iter().map(|r| r.get(0)).collect::<Vec<String>>()
+    };
+    // The fresh key is a minute old: under the TTL.
+    assert_eq!(reg::prune_keys(&c, ttl, 1).await.unwrap(), 1);
+    assert_eq!(
+        left().await,
+        ["fresh", "old-1", "old-2"],
+        "the oldest went first"
+    );
+    assert_eq!(reg::prune_keys(&c, ttl, 10).await.unwrap(), 2);
+    assert_eq!(left().await, ["fresh"]);
+    assert_eq!(reg::prune_keys(&c, ttl, 10).await.unwrap(), 0);
 }
