@@ -320,6 +320,41 @@ pub async fn logo_stored(client: &impl GenericClient, team_id: &str, url: &str) 
     Ok(n > 0)
 }
 
+/// Logo bytes that no upload will read: older than the retention, with no `upload_logo` job
+/// of their team unfinished (available, scheduled, retryable or running) and none finished
+/// within the retention either. So bytes wait as long as an upload of them may still run, and
+/// after the last upload was discarded or cancelled they stay one retention more, for an
+/// operator to retry it. Bytes the upload job is dropping right now (row locked) are skipped.
+const PRUNE_LOGOS: &str = "
+DELETE FROM team_logos WHERE team_number IN (
+  SELECT l.team_number
+    FROM team_logos l JOIN teams t ON t.number = l.team_number
+   WHERE l.created_at < now() - $1::bigint * interval '1 millisecond'
+     AND NOT EXISTS (
+           SELECT 1 FROM jobs j
+            WHERE j.args ? 'team_id' AND j.args ->> 'team_id' = t.team_id
+              AND j.kind = 'upload_logo'
+              AND (j.state NOT IN ('completed', 'discarded', 'cancelled')
+                   OR j.finished_at >= now() - $1::bigint * interval '1 millisecond'))
+   ORDER BY l.team_number
+   LIMIT $2
+   FOR UPDATE OF l SKIP LOCKED)";
+
+/// Delete up to `limit` logo bytes older than `retention` that no upload will read: no
+/// `upload_logo` job of the team is unfinished, and none finished within `retention` (the
+/// time an operator has to retry a discarded or cancelled upload). Returns how many went.
+/// The team keeps no logo (`logo_url` stays null); a later retry finds nothing to store.
+pub async fn prune_logos(
+    client: &impl GenericClient,
+    retention: Duration,
+    limit: usize,
+) -> Result<u64> {
+    let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let stmt = client.prepare_cached(PRUNE_LOGOS).await?;
+    Ok(client.execute(&stmt, &[&retention_ms, &limit]).await?)
+}
+
 /// A remembered answer to an idempotency key.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KeyRecord {

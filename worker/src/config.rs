@@ -80,6 +80,9 @@ pub struct MaintenanceSettings {
     pub worker_ttl: Duration,
     /// `IDEMPOTENCY_TTL` (the API's setting): idempotency records older than this are deleted.
     pub idempotency_ttl: Duration,
+    /// `LOGO_RETENTION_HOURS` (default 168): logo bytes no upload will read are deleted this
+    /// long after the registration and the last upload's end.
+    pub logo_retention: Duration,
 }
 
 /// A job enqueued on a cron schedule.
@@ -212,6 +215,11 @@ impl WorkerSettings {
                     "IDEMPOTENCY_TTL",
                     common::registrations::DEFAULT_IDEMPOTENCY_TTL_S,
                 )?),
+                logo_retention: Duration::from_secs(3600u64.saturating_mul(positive(
+                    src,
+                    "LOGO_RETENTION_HOURS",
+                    crate::maintenance::logos::DEFAULT_LOGO_RETENTION_HOURS,
+                )?)),
             },
             periodic,
             kind_timeouts: match src.get("KIND_TIMEOUTS_MS") {

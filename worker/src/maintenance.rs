@@ -1,6 +1,6 @@
 //! Maintenance: rescue of expired leases, promotion of due jobs, pruning of old ones, removal
 //! of dead workers (the reaper), folding of job counts (the counter), pruning of expired
-//! idempotency keys (`keys`), and periodic jobs.
+//! idempotency keys (`keys`) and of abandoned logo bytes (`logos`), and periodic jobs.
 //!
 //! Every worker runs these loops, but each pass of a service is claimed through its row in
 //! `maintenance_runs`, so it runs once per interval across all workers, however many there are.
@@ -9,6 +9,7 @@
 
 pub mod counter;
 pub mod keys;
+pub mod logos;
 pub mod periodic;
 pub mod pruner;
 pub mod reaper;
@@ -65,6 +66,14 @@ pub async fn run(
             worker,
             stop,
             |c| async move { keys::run_once(c, s.idempotency_ttl).await.map(drop) }
+        ),
+        service(
+            "logos",
+            s.prune_interval,
+            pool,
+            worker,
+            stop,
+            |c| async move { logos::run_once(c, s.logo_retention).await.map(drop) }
         ),
         // Every half TTL: a dead worker's row goes within 1.5 TTLs of its last heartbeat.
         service("reaper", s.worker_ttl / 2, pool, worker, stop, |c| {
