@@ -31,8 +31,8 @@ pub const DEFAULT_RATE_LIMIT_WINDOW_S: u64 = 60;
 pub const DEFAULT_REQUEST_TIMEOUT_S: u64 = 60;
 /// Default for `MAX_REQUEST_SIZE`, in bytes: 10 MiB.
 pub const DEFAULT_MAX_REQUEST_SIZE_BYTES: u64 = 10 * 1024 * 1024;
-/// Default for `IDEMPOTENCY_TTL`, in seconds: one day.
-pub const DEFAULT_IDEMPOTENCY_TTL_S: u64 = 86_400;
+/// Default for `IDEMPOTENCY_TTL`, in seconds: one day (the worker's default too).
+pub const DEFAULT_IDEMPOTENCY_TTL_S: u64 = common::registrations::DEFAULT_IDEMPOTENCY_TTL_S;
 /// Default for `TEAM_ID_PREFIX`.
 pub const DEFAULT_TEAM_ID_PREFIX: &str = "ICCT";
 /// Default for `UPLOADS_DIR` (the worker's default too).

@@ -89,7 +89,8 @@ pub struct ScheduleSpec {
 }
 
 /// Every periodic job registered in code. None yet: the first ones come with the kinds that
-/// need them (the forecast runs, the clean-up of uploaded logo bytes).
+/// need them (the forecast runs). The clean-up of abandoned logo bytes is a maintenance pass
+/// instead (`worker::maintenance::logos` says why).
 pub static SCHEDULES: &[ScheduleSpec] = &[];
 
 /// The kind named `name`.

@@ -32,6 +32,9 @@ pub const MAX_PLAYERS: usize = 20;
 pub const MAX_LOGO_BYTES: usize = 5 * 1024 * 1024;
 /// The idempotency scope of `POST /api/v1/registrations`.
 pub const REGISTRATION_SCOPE: &str = "registration";
+/// Default `IDEMPOTENCY_TTL`, in seconds: one day. The API replays an answer that long, and
+/// workers delete the record after it.
+pub const DEFAULT_IDEMPOTENCY_TTL_S: u64 = 86_400;
 
 /// A team to register, already validated by the caller (the schema's CHECKs are the backstop).
 #[derive(Debug, Clone)]
@@ -317,6 +320,41 @@ pub async fn logo_stored(client: &impl GenericClient, team_id: &str, url: &str) 
     Ok(n > 0)
 }
 
+/// Logo bytes that no upload will read: older than the retention, with no `upload_logo` job
+/// of their team unfinished (available, scheduled, retryable or running) and none finished
+/// within the retention either. So bytes wait as long as an upload of them may still run, and
+/// after the last upload was discarded or cancelled they stay one retention more, for an
+/// operator to retry it. Bytes the upload job is dropping right now (row locked) are skipped.
+const PRUNE_LOGOS: &str = "
+DELETE FROM team_logos WHERE team_number IN (
+  SELECT l.team_number
+    FROM team_logos l JOIN teams t ON t.number = l.team_number
+   WHERE l.created_at < now() - $1::bigint * interval '1 millisecond'
+     AND NOT EXISTS (
+           SELECT 1 FROM jobs j
+            WHERE j.args ? 'team_id' AND j.args ->> 'team_id' = t.team_id
+              AND j.kind = 'upload_logo'
+              AND (j.state NOT IN ('completed', 'discarded', 'cancelled')
+                   OR j.finished_at >= now() - $1::bigint * interval '1 millisecond'))
+   ORDER BY l.team_number
+   LIMIT $2
+   FOR UPDATE OF l SKIP LOCKED)";
+
+/// Delete up to `limit` logo bytes older than `retention` that no upload will read: no
+/// `upload_logo` job of the team is unfinished, and none finished within `retention` (the
+/// time an operator has to retry a discarded or cancelled upload). Returns how many went.
+/// The team keeps no logo (`logo_url` stays null); a later retry finds nothing to store.
+pub async fn prune_logos(
+    client: &impl GenericClient,
+    retention: Duration,
+    limit: usize,
+) -> Result<u64> {
+    let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let stmt = client.prepare_cached(PRUNE_LOGOS).await?;
+    Ok(client.execute(&stmt, &[&retention_ms, &limit]).await?)
+}
+
 /// A remembered answer to an idempotency key.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KeyRecord {
@@ -394,14 +432,22 @@ pub async fn store_answer(
     Ok(())
 }
 
+/// Up to `$2` records older than the TTL, oldest first. A record locked by a claim that is
+/// taking it over is skipped: that claim renews it.
 const PRUNE_KEYS: &str = "
-DELETE FROM idempotency_keys
- WHERE created_at < now() - $1::bigint * interval '1 millisecond'";
+DELETE FROM idempotency_keys WHERE (scope, key) IN (
+  SELECT scope, key FROM idempotency_keys
+   WHERE created_at < now() - $1::bigint * interval '1 millisecond'
+   ORDER BY created_at
+   LIMIT $2
+   FOR UPDATE SKIP LOCKED)";
 
-/// Delete idempotency records older than `ttl`; returns how many.
-pub async fn prune_keys(client: &impl GenericClient, ttl: Duration) -> Result<u64> {
+/// Delete up to `limit` idempotency records older than `ttl`; returns how many.
+pub async fn prune_keys(client: &impl GenericClient, ttl: Duration, limit: usize) -> Result<u64> {
     let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
-    Ok(client.execute(PRUNE_KEYS, &[&ttl_ms]).await?)
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let stmt = client.prepare_cached(PRUNE_KEYS).await?;
+    Ok(client.execute(&stmt, &[&ttl_ms, &limit]).await?)
 }
 
 #[cfg(test)]

@@ -78,6 +78,11 @@ pub struct MaintenanceSettings {
     pub retention: Duration,
     /// Workers silent for this long are removed from the workers table.
     pub worker_ttl: Duration,
+    /// `IDEMPOTENCY_TTL` (the API's setting): idempotency records older than this are deleted.
+    pub idempotency_ttl: Duration,
+    /// `LOGO_RETENTION_HOURS` (default 168): logo bytes no upload will read are deleted this
+    /// long after the registration and the last upload's end.
+    pub logo_retention: Duration,
 }
 
 /// A job enqueued on a cron schedule.
@@ -205,6 +210,16 @@ impl WorkerSettings {
                     ),
                 },
                 worker_ttl: millis(src, "WORKER_TTL_MS", DEFAULT_WORKER_TTL_MS)?,
+                idempotency_ttl: Duration::from_secs(positive(
+                    src,
+                    "IDEMPOTENCY_TTL",
+                    common::registrations::DEFAULT_IDEMPOTENCY_TTL_S,
+                )?),
+                logo_retention: Duration::from_secs(3600u64.saturating_mul(positive(
+                    src,
+                    "LOGO_RETENTION_HOURS",
+                    crate::maintenance::logos::DEFAULT_LOGO_RETENTION_HOURS,
+                )?)),
             },
             periodic,
             kind_timeouts: match src.get("KIND_TIMEOUTS_MS") {

@@ -1,5 +1,6 @@
 //! Maintenance: rescue of expired leases, promotion of due jobs, pruning of old ones, removal
-//! of dead workers (the reaper), folding of job counts (the counter), and periodic jobs.
+//! of dead workers (the reaper), folding of job counts (the counter), pruning of expired
+//! idempotency keys (`keys`) and of abandoned logo bytes (`logos`), and periodic jobs.
 //!
 //! Every worker runs these loops, but each pass of a service is claimed through its row in
 //! `maintenance_runs`, so it runs once per interval across all workers, however many there are.
@@ -7,6 +8,8 @@
 //! included) while handlers fail. Periodic jobs need no claim: each tick has a unique row.
 
 pub mod counter;
+pub mod keys;
+pub mod logos;
 pub mod periodic;
 pub mod pruner;
 pub mod reaper;
@@ -55,6 +58,23 @@ pub async fn run(
         service("pruner", s.prune_interval, pool, worker, stop, |c| {
             pruner::run_once(c, s.retention)
         }),
+        // Expired keys go at the pruner's pace: a few minutes more of a day-long TTL is noise.
+        service(
+            "keys",
+            s.prune_interval,
+            pool,
+            worker,
+            stop,
+            |c| async move { keys::run_once(c, s.idempotency_ttl).await.map(drop) }
+        ),
+        service(
+            "logos",
+            s.prune_interval,
+            pool,
+            worker,
+            stop,
+            |c| async move { logos::run_once(c, s.logo_retention).await.map(drop) }
+        ),
         // Every half TTL: a dead worker's row goes within 1.5 TTLs of its last heartbeat.
         service("reaper", s.worker_ttl / 2, pool, worker, stop, |c| {
             reaper::run_once(c, s.worker_ttl)

@@ -5,6 +5,7 @@ use common::testing::TestDb;
 use poem::http::StatusCode;
 use serde_json::{Value, json};
 
+use crate::registrations::valid_form;
 use crate::support::{assert_error, client, json, token};
 
 fn bearer(t: &str) -> String {
@@ -341,10 +342,27 @@ async fn queues_report_and_pause_and_workers_are_listed() {
     assert!(workers[0]["last_heartbeat"].is_string());
 }
 
+/// A request body in the authorization matrix.
+enum Body {
+    Empty,
+    Json(Value),
+    /// A valid registration form (multipart).
+    Form,
+}
+
 #[tokio::test]
 async fn authorization_matrix() {
+    use Body::{Empty, Form, Json};
     let db = TestDb::new().await;
-    let cli = crate::support::client_with(&db, &[("RATE_LIMIT_REQUESTS", "1000")]);
+    let uploads = common::testing::TempDir::new("matrix-uploads");
+    std::fs::write(uploads.0.join("icct-001.png"), b"\x89PNG\r\n\x1a\n").unwrap();
+    let cli = crate::support::client_with(
+        &db,
+        &[
+            ("RATE_LIMIT_REQUESTS", "1000"),
+            ("UPLOADS_DIR", uploads.0.to_str().unwrap()),
+        ],
+    );
     let user = token(&db, &cli, "joe", Role::User).await;
     let ops = token(&db, &cli, "ops", Role::Operator).await;
     let admin = token(&db, &cli, "root", Role::Admin).await;
@@ -369,67 +387,112 @@ async fn authorization_matrix() {
     .await["id"]
         .as_i64()
         .unwrap();
+    // A registered team, ICCT-001, for the admins' read.
+    cli.post("/api/v1/registrations")
+        .multipart(valid_form("Matrix Lions"))
+        .send()
+        .await
+        .assert_status(StatusCode::CREATED);
     // (method, path, body, [anonymous, user, operator, admin, operator API key])
-    let cases: Vec<(&str, String, Option<Value>, [u16; 5])> = vec![
+    let cases: Vec<(&str, String, Body, [u16; 5])> = vec![
         (
             "GET",
             "/api/v1/auth/me".into(),
-            None,
+            Empty,
             [401, 200, 200, 200, 200],
         ),
         (
             "GET",
             "/api/v1/jobs".into(),
-            None,
+            Empty,
             [401, 403, 200, 200, 200],
         ),
         (
             "POST",
             "/api/v1/jobs".into(),
-            Some(json!({"kind": "noop"})),
+            Json(json!({"kind": "noop"})),
             [401, 403, 201, 201, 201],
         ),
         (
             "GET",
             format!("/api/v1/jobs/{job}"),
-            None,
+            Empty,
             [401, 403, 200, 200, 200],
         ),
         (
             "POST",
             "/api/v1/jobs/bulk/cancel".into(),
-            Some(json!({"queue": "none"})),
+            Json(json!({"queue": "none"})),
             [401, 403, 200, 200, 200],
         ),
         (
             "GET",
             "/api/v1/queues".into(),
-            None,
+            Empty,
             [401, 403, 200, 200, 200],
         ),
         (
             "POST",
             "/api/v1/queues/x/pause".into(),
-            None,
+            Empty,
             [401, 403, 200, 200, 200],
         ),
         (
             "GET",
             "/api/v1/workers".into(),
-            None,
+            Empty,
             [401, 403, 200, 200, 200],
         ),
         (
             "GET",
             "/api/v1/audit".into(),
-            None,
+            Empty,
             [401, 403, 200, 200, 200],
         ),
         (
             "GET",
             "/api/v1/admin/api-keys".into(),
-            None,
+            Empty,
             [401, 403, 403, 200, 403],
+        ),
+        // Registrations: the form is public (credentials are ignored, not refused); reading
+        // teams is for admins; stored logos are public.
+        (
+            "POST",
+            "/api/v1/registrations".into(),
+            Form,
+            [201, 201, 201, 201, 201],
+        ),
+        (
+            "GET",
+            "/api/v1/registrations/ICCT-001".into(),
+            Empty,
+            [401, 403, 403, 200, 403],
+        ),
+        (
+            "GET",
+            "/api/v1/admin/teams".into(),
+            Empty,
+            [401, 403, 403, 200, 403],
+        ),
+        (
+            "GET",
+            "/files/icct-001.png".into(),
+            Empty,
+            [200, 200, 200, 200, 200],
+        ),
+        // The breakers of external services: operators.
+        (
+            "GET",
+            "/api/v1/breakers".into(),
+            Empty,
+            [401, 403, 200, 200, 200],
+        ),
+        (
+            "POST",
+            "/api/v1/breakers/smtp/force".into(),
+            Json(json!({"state": "clear"})),
+            [401, 403, 200, 200, 200],
         ),
     ];
     let creds: [Option<(&str, String)>; 5] = [
@@ -449,8 +512,10 @@ async fn authorization_matrix() {
             if let Some((h, v)) = cred {
                 req = req.header(*h, v);
             }
-            if let Some(b) = body {
-                req = req.body_json(b);
+            match body {
+                Empty => {}
+                Json(b) => req = req.body_json(b),
+                Form => req = req.multipart(valid_form("Matrix Tigers")),
             }
             let resp = req.send().await;
             let status = resp.0.status().as_u16();

@@ -56,7 +56,8 @@ fn form_of(fields: &[(&'static str, String)], logo: Option<(&[u8], &str, &str)>)
     form
 }
 
-fn valid_form(team: &str) -> TestForm {
+/// A valid registration form for team `team` (also used by the authorization matrix).
+pub fn valid_form(team: &str) -> TestForm {
     form_of(&fields(team), Some((PNG, "logo.png", "image/png")))
 }
 

@@ -302,5 +302,140 @@ async fn an_expired_key_is_claimed_afresh_and_pruned() {
     )
     .await
     .unwrap();
-    assert_eq!(reg::prune_keys(&c, ttl).await.unwrap(), 1);
+    assert_eq!(reg::prune_keys(&c, ttl, 10).await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn keys_are_pruned_oldest_first_in_bounded_batches() {
+    let db = TestDb::new().await;
+    let c = db.conn().await;
+    let ttl = Duration::from_secs(3600);
+    for (key, age_hours) in [("old-3", 3), ("old-2", 2), ("old-1", 1), ("fresh", 0)] {
+        c.execute(
+            "INSERT INTO idempotency_keys (scope, key, fingerprint, status, body, created_at)
+             VALUES ($1, $2, $3, 201, '{}', now() - $4::int * interval '1 hour'
+                                                     - interval '1 minute')",
+            &[&SCOPE, &key, &vec![1u8; 32], &age_hours],
+        )
+        .await
+        .unwrap();
+    }
+    let left = || async {
+        let rows = db
+            .conn()
+            .await
+            .query("SELECT key FROM idempotency_keys ORDER BY key", &[])
+            .await
+            .unwrap();
+        rows.iter().map(|r| r.get(0)).collect::<Vec<String>>()
+    };
+    // The fresh key is a minute old: under the TTL.
+    assert_eq!(reg::prune_keys(&c, ttl, 1).await.unwrap(), 1);
+    assert_eq!(
+        left().await,
+        ["fresh", "old-1", "old-2"],
+        "the oldest went first"
+    );
+    assert_eq!(reg::prune_keys(&c, ttl, 10).await.unwrap(), 2);
+    assert_eq!(left().await, ["fresh"]);
+    assert_eq!(reg::prune_keys(&c, ttl, 10).await.unwrap(), 0);
+}
+
+/// An `upload_logo` job of `team_id` in `state`, finished `hours_ago` if final.
+async fn upload_job(db: &TestDb, team_id: &str, state: &str, hours_ago: i32) -> i64 {
+    let c = db.conn().await;
+    let job = NewJob::from_json("upload_logo", serde_json::json!({ "team_id": team_id })).unwrap();
+    let id = enqueue(&c, &job).await.unwrap().id;
+    c.execute(
+        "UPDATE jobs SET state = $2::text::job_state,
+                attempt = CASE WHEN $2 = 'available' THEN 0 ELSE 1 END,
+                attempted_by = CASE WHEN $2 = 'running' THEN 'w' END,
+                lease_expires_at = CASE WHEN $2 = 'running' THEN now() + interval '1 hour' END,
+                run_at = CASE WHEN $2 = 'retryable' THEN now() + interval '1 hour' ELSE run_at END,
+                finished_at = CASE WHEN $2 IN ('completed', 'discarded', 'cancelled')
+                                   THEN now() - $3::int * interval '1 hour' END
+          WHERE id = $1",
+        &[&id, &state, &hours_ago],
+    )
+    .await
+    .unwrap();
+    id
+}
+
+#[tokio::test]
+async fn logo_bytes_go_only_once_no_upload_can_use_them() {
+    let db = TestDb::new().await;
+    let c = db.conn().await;
+    let ps = players(1);
+    let retention = Duration::from_secs(168 * 3600);
+    // (team, its upload jobs as (state, finished hours ago), whether the bytes may go)
+    type Case = (&'static str, &'static [(&'static str, i32)], bool);
+    let cases: &[Case] = &[
+        ("Fresh", &[("discarded", 200)], false),
+        ("Waiting", &[("available", 0)], false),
+        ("Backing off", &[("retryable", 0)], false),
+        ("Uploading", &[("running", 0)], false),
+        ("Given up", &[("discarded", 200)], true),
+        ("Cancelled", &[("cancelled", 170)], true),
+        ("Just discarded", &[("discarded", 1)], false),
+        ("Orphaned", &[], true),
+        (
+            "Tried again",
+            &[("discarded", 200), ("available", 0)],
+            false,
+        ),
+        ("Retried", &[("discarded", 200)], false),
+    ];
+    for (name, jobs, _) in cases {
+        let id = reg::insert_team(&c, "ICCT", &team(name, &ps))
+            .await
+            .unwrap()
+            .team_id;
+        for (state, hours) in *jobs {
+            upload_job(&db, &id, state, *hours).await;
+        }
+    }
+    // All but the first logo are older than the retention.
+    c.execute(
+        "UPDATE team_logos SET created_at = now() - interval '169 hours' WHERE team_number > 1",
+        &[],
+    )
+    .await
+    .unwrap();
+    // An operator retries the last team's discarded upload: its bytes are needed again.
+    let retried: i64 = db
+        .scalar("SELECT max(id) FROM jobs WHERE args->>'team_id' = 'ICCT-010'")
+        .await;
+    assert!(common::queue::control::retry(&c, retried).await.unwrap());
+
+    let pending = || async {
+        let rows = db
+            .conn()
+            .await
+            .query(
+                "SELECT t.team_name FROM team_logos l JOIN teams t ON t.number = l.team_number
+                  ORDER BY l.team_number",
+                &[],
+            )
+            .await
+            .unwrap();
+        rows.iter().map(|r| r.get(0)).collect::<Vec<String>>()
+    };
+    let kept: Vec<&str> = cases
+        .iter()
+        .filter(|(_, _, goes)| !goes)
+        .map(|(n, _, _)| *n)
+        .collect();
+    // Bounded: one at a time, then the rest.
+    assert_eq!(reg::prune_logos(&c, retention, 1).await.unwrap(), 1);
+    assert_eq!(reg::prune_logos(&c, retention, 10).await.unwrap(), 2);
+    assert_eq!(pending().await, kept);
+    assert_eq!(reg::prune_logos(&c, retention, 10).await.unwrap(), 0);
+    // The team stays, without a logo.
+    let t = reg::team(&c, "ICCT-005").await.unwrap().unwrap();
+    assert_eq!(
+        (t.team_name.as_str(), t.logo_pending, t.logo_url),
+        ("Given up", false, None)
+    );
+    assert_eq!(t.players, ps);
 }

@@ -253,3 +253,124 @@ async fn workers_that_stop_heartbeating_age_out() {
     let after: i64 = db.scalar("SELECT count(*) FROM workers").await;
     assert_eq!(after, 0, "a worker removes its own row when it stops");
 }
+
+/// Insert a committed idempotency record `age_secs` old.
+async fn key(db: &TestDb, key: &str, age_secs: i32) {
+    db.conn()
+        .await
+        .execute(
+            "INSERT INTO idempotency_keys (scope, key, fingerprint, status, body, created_at)
+             VALUES ('registration', $1, $2, 201, '{}', now() - $3::int * interval '1 second')",
+            &[&key, &vec![1u8; 32], &age_secs],
+        )
+        .await
+        .unwrap();
+}
+
+async fn keys_left(db: &TestDb) -> Vec<String> {
+    db.conn()
+        .await
+        .query("SELECT key FROM idempotency_keys ORDER BY key", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+#[tokio::test]
+async fn expired_idempotency_keys_are_pruned_and_fresh_ones_stay() {
+    let db = TestDb::new().await;
+    let ttl = Duration::from_secs(3600);
+    key(&db, "expired-a", 3 * 3600).await;
+    key(&db, "expired-b", 3600 + 60).await;
+    key(&db, "fresh", 3600 - 60).await;
+    let n = worker::maintenance::keys::run_once(db.conn().await, ttl)
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+    assert_eq!(keys_left(&db).await, ["fresh"]);
+
+    // A running worker does it by itself, with IDEMPOTENCY_TTL, at the pruner's interval.
+    key(&db, "expired-c", 2 * 3600).await;
+    let env = with_env(fast_env(&db.url), "WORKER_PRUNE_INTERVAL_MS", "200");
+    let env = with_env(env, "IDEMPOTENCY_TTL", "3600");
+    let w = crate::harness::InProcess::start(&env, "default", 1);
+    wait_count(
+        &db,
+        "SELECT count(*) FROM idempotency_keys WHERE key = 'expired-c'",
+        0,
+        Duration::from_secs(20),
+    )
+    .await;
+    w.shutdown().await;
+    assert_eq!(keys_left(&db).await, ["fresh"]);
+    assert!(runs(&db.conn().await, "keys").await.unwrap() >= 1);
+}
+
+#[tokio::test]
+async fn a_worker_drops_the_logo_bytes_of_an_abandoned_upload_and_keeps_a_pending_ones() {
+    let db = TestDb::new().await;
+    let c = db.conn().await;
+    let mut ids = Vec::new();
+    for name in ["Given Up", "Waiting"] {
+        let team_id = common::registrations::insert_team(
+            &c,
+            "ICCT",
+            &common::registrations::NewTeam {
+                team_name: name,
+                church_name: "St Mark's",
+                captain_name: "Cap Tain",
+                coach_name: "Co Ach",
+                captain_phone: "9876543210",
+                captain_whatsapp: "9876543211",
+                captain_email: "cap@example.com",
+                players: &[common::registrations::Player {
+                    name: "Ann".into(),
+                    role: "bowler".into(),
+                    phone: "9876543210".into(),
+                }],
+                logo: common::registrations::NewLogo {
+                    content_type: "image/png",
+                    bytes: b"\x89PNG\r\n\x1a\n",
+                    sha256: &[0; 32],
+                },
+                request_id: None,
+            },
+        )
+        .await
+        .unwrap()
+        .team_id;
+        let job = NewJob::from_json("upload_logo", json!({ "team_id": team_id })).unwrap();
+        ids.push(common::queue::enqueue(&c, &job).await.unwrap().id);
+    }
+    // Both registered two hours ago; the first team's upload was cancelled an hour ago, the
+    // second's still waits for a worker serving `uploads` (none here).
+    assert_eq!(
+        control::cancel(&c, ids[0]).await.unwrap(),
+        Some(JobState::Available),
+        "cancelled while it waited"
+    );
+    c.batch_execute(
+        "UPDATE team_logos SET created_at = now() - interval '2 hours';
+         UPDATE jobs SET finished_at = now() - interval '1 hour' WHERE state = 'cancelled'",
+    )
+    .await
+    .unwrap();
+    let env = with_env(fast_env(&db.url), "WORKER_PRUNE_INTERVAL_MS", "200");
+    let env = with_env(env, "LOGO_RETENTION_HOURS", "1");
+    let w = crate::harness::InProcess::start(&env, "default", 1);
+    wait_count(
+        &db,
+        "SELECT count(*) FROM team_logos WHERE team_number = 1",
+        0,
+        Duration::from_secs(20),
+    )
+    .await;
+    w.shutdown().await;
+    let left: i64 = db
+        .scalar("SELECT count(*) FROM team_logos WHERE team_number = 2")
+        .await;
+    assert_eq!(left, 1, "the pending upload keeps its bytes");
+    assert!(runs(&db.conn().await, "logos").await.unwrap() >= 1);
+}
