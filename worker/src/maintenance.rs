@@ -55,6 +55,14 @@ pub async fn run(
             stop,
             scheduler::run_once
         ),
+        service(
+            "counter",
+            s.count_interval,
+            pool,
+            worker,
+            stop,
+            counter::run_once
+        ),
         service("pruner", s.prune_interval, pool, worker, stop, |c| {
             pruner::run_once(c, s.retention)
         }),

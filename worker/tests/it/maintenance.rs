@@ -374,3 +374,31 @@ async fn a_worker_drops_the_logo_bytes_of_an_abandoned_upload_and_keeps_a_pendin
     assert_eq!(left, 1, "the pending upload keeps its bytes");
     assert!(runs(&db.conn().await, "logos").await.unwrap() >= 1);
 }
+
+#[tokio::test]
+async fn a_running_worker_folds_job_count_changes_into_their_totals() {
+    let db = TestDb::new().await;
+    for n in 0..5 {
+        enqueue_noop(&db, json!({ "result": n }), JobOptions::default()).await;
+    }
+    let pending: i64 = db.scalar("SELECT count(*) FROM job_count_deltas").await;
+    assert!(pending > 0, "each enqueue records its change");
+    let env = with_env(fast_env(&db.url), "WORKER_COUNT_INTERVAL_MS", "100");
+    let w = crate::harness::InProcess::start(&env, "default", 4);
+    // The jobs run, and the counter folds every change: the totals alone say 5 completed.
+    wait_count(
+        &db,
+        "SELECT coalesce(sum(n), 0)::bigint FROM job_counts WHERE state = 'completed'",
+        5,
+        Duration::from_secs(10),
+    )
+    .await;
+    wait_count(
+        &db,
+        "SELECT count(*) FROM job_count_deltas",
+        0,
+        Duration::from_secs(10),
+    )
+    .await;
+    w.shutdown().await;
+}
