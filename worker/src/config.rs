@@ -114,6 +114,9 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_RESCUE_INTERVAL_MS: u64 = 5_000;
 /// Default `WORKER_SCHEDULE_INTERVAL_MS`: scheduled jobs start at most this late.
 pub const DEFAULT_SCHEDULE_INTERVAL_MS: u64 = 1_000;
+/// Largest `JOB_RETENTION_HOURS`: longer would overflow the seconds and PostgreSQL's
+/// intervals.
+pub const MAX_RETENTION_HOURS: u64 = 876_000;
 /// Default `WORKER_COUNT_INTERVAL_MS`.
 pub const DEFAULT_COUNT_INTERVAL_MS: u64 = 1_000;
 /// Default `WORKER_PRUNE_INTERVAL_MS`.
@@ -205,9 +208,16 @@ impl WorkerSettings {
                 count_interval: millis(src, "WORKER_COUNT_INTERVAL_MS", DEFAULT_COUNT_INTERVAL_MS)?,
                 retention: match src.get("JOB_RETENTION_SECS") {
                     Some(_) => Duration::from_secs(positive(src, "JOB_RETENTION_SECS", 1)?),
-                    None => Duration::from_secs(
-                        3600 * positive(src, "JOB_RETENTION_HOURS", DEFAULT_RETENTION_HOURS)?,
-                    ),
+                    None => {
+                        let hours = positive(src, "JOB_RETENTION_HOURS", DEFAULT_RETENTION_HOURS)?;
+                        if hours > MAX_RETENTION_HOURS {
+                            return Err(ConfigError::new(
+                                "JOB_RETENTION_HOURS",
+                                format!("must be at most {MAX_RETENTION_HOURS} (100 years)"),
+                            ));
+                        }
+                        Duration::from_secs(3600 * hours)
+                    }
                 },
                 worker_ttl: millis(src, "WORKER_TTL_MS", DEFAULT_WORKER_TTL_MS)?,
                 idempotency_ttl: Duration::from_secs(positive(
@@ -580,6 +590,12 @@ mod tests {
                 "WORKER_LEASE_MS",
             ),
             (vec![("METRICS_PORT", "99999")], None, None, "METRICS_PORT"),
+            (
+                vec![("JOB_RETENTION_HOURS", "18446744073709551615")],
+                None,
+                None,
+                "JOB_RETENTION_HOURS",
+            ),
             (
                 vec![("SMTP_FROM_EMAIL", "not an address")],
                 None,
