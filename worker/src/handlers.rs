@@ -17,6 +17,7 @@ use futures::future::BoxFuture;
 use crate::breaker::Guards;
 use crate::config::DeliverySettings;
 use send_confirmation_email::{Confirmation, OutboxMailer};
+use upload_logo::cloudinary::Cloudinary;
 use upload_logo::{LocalStorage, Storage};
 
 /// What handlers use besides their args: a pool, and the storage and mail delivery chosen once
@@ -32,6 +33,17 @@ pub struct Services {
 }
 
 impl Services {
+    /// The delivery `settings` ask for: Cloudinary when it is configured, else files under
+    /// `uploads_dir`; the choice is made here, once.
+    pub fn new(pool: Pool, delivery: &DeliverySettings) -> anyhow::Result<Self> {
+        let mut services = Self::embedded(pool, delivery);
+        if let Some(c) = &delivery.cloudinary {
+            tracing::info!(cloud = %c.cloud_name, api_base = %c.api_base, "logos go to Cloudinary");
+            services.storage = Arc::new(Cloudinary::new(c.clone())?);
+        }
+        Ok(services)
+    }
+
     /// The embedded defaults: logos as local files, mail as `.eml` files in an outbox.
     pub fn embedded(pool: Pool, delivery: &DeliverySettings) -> Self {
         Self {

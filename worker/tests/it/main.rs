@@ -2,6 +2,7 @@
 //! the real `worker` binary for signals, kills and multi-process runs.
 
 mod breakers;
+mod cloudinary;
 mod harness;
 mod maintenance;
 mod outcomes;
