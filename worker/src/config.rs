@@ -59,6 +59,8 @@ pub struct DeliverySettings {
     pub outbox_dir: PathBuf,
     /// `SMTP_FROM_EMAIL`: the sender of confirmation mail, `Name <address>` or an address.
     pub from: Mailbox,
+    /// `SMTP_REPLY_TO`: the Reply-To of confirmation mail, if any (outbox or SMTP alike).
+    pub reply_to: Option<Mailbox>,
     /// `PUBLIC_BASE_URL`: the API's address as mail readers reach it; links to logos start
     /// with it.
     pub public_base_url: String,
@@ -121,8 +123,6 @@ pub struct SmtpSettings {
     /// `SMTP_SEND_TIMEOUT_MS`: the whole exchange of one message, from taking a connection to
     /// the server's answer to the data (lettre's async client has no per-command timeout).
     pub send_timeout: Duration,
-    /// `SMTP_REPLY_TO`: the Reply-To of confirmation mail, if any.
-    pub reply_to: Option<Mailbox>,
 }
 
 /// Intervals of the maintenance services; each pass runs once per interval across all workers.
@@ -331,10 +331,17 @@ impl DeliverySettings {
                 format!("{public_base_url:?} is not an http(s) URL"),
             ));
         }
+        let reply_to = match src.get("SMTP_REPLY_TO") {
+            None => None,
+            Some(raw) => Some(raw.parse::<Mailbox>().map_err(|e| {
+                ConfigError::new("SMTP_REPLY_TO", format!("{raw:?} is not an address: {e}"))
+            })?),
+        };
         Ok(Self {
             uploads_dir: dir("UPLOADS_DIR", DEFAULT_UPLOADS_DIR)?,
             outbox_dir: dir("MAIL_OUTBOX_DIR", DEFAULT_OUTBOX_DIR)?,
             from,
+            reply_to,
             public_base_url: public_base_url.trim_end_matches('/').to_owned(),
             cloudinary: CloudinarySettings::from_source(src)?,
             smtp: SmtpSettings::from_source(src)?,
@@ -485,12 +492,6 @@ impl SmtpSettings {
                 ));
             }
         };
-        let reply_to = match src.get("SMTP_REPLY_TO") {
-            None => None,
-            Some(raw) => Some(raw.parse::<Mailbox>().map_err(|e| {
-                ConfigError::new("SMTP_REPLY_TO", format!("{raw:?} is not an address: {e}"))
-            })?),
-        };
         Ok(Some(SmtpSettings {
             server,
             port,
@@ -502,7 +503,6 @@ impl SmtpSettings {
                 DEFAULT_SMTP_CONNECT_TIMEOUT_MS,
             )?,
             send_timeout: millis(src, "SMTP_SEND_TIMEOUT_MS", DEFAULT_SMTP_SEND_TIMEOUT_MS)?,
-            reply_to,
         }))
     }
 }
@@ -1064,8 +1064,8 @@ mod tests {
             .smtp
             .unwrap();
         assert_eq!((s.tls, s.port), (SmtpTls::StartTls, 587));
-        assert!(s.credentials.is_none() && s.reply_to.is_none());
-        let s = d(&[
+        assert!(s.credentials.is_none());
+        let all = d(&[
             ("SMTP_SERVER", "127.0.0.1"),
             ("SMTP_TLS", "none"),
             ("SMTP_PORT", "2525"),
@@ -1073,11 +1073,10 @@ mod tests {
             ("SMTP_PASSWORD", "pa55word"),
             ("SMTP_REPLY_TO", "Desk <desk@example.org>"),
         ])
-        .unwrap()
-        .smtp
         .unwrap();
+        assert_eq!(all.reply_to.unwrap().email.to_string(), "desk@example.org");
+        let s = all.smtp.unwrap();
         assert_eq!((s.tls, s.port), (SmtpTls::None, 2525));
-        assert_eq!(s.reply_to.unwrap().email.to_string(), "desk@example.org");
         assert!(!format!("{:?}", s.credentials).contains("pa55word"));
         assert_eq!(
             d(&[("SMTP_SERVER", "x"), ("SMTP_TLS", "tls")])

@@ -8,3 +8,4 @@ mod maintenance;
 mod outcomes;
 mod processes;
 mod registrations;
+mod smtp;
