@@ -8,4 +8,5 @@ mod maintenance;
 mod outcomes;
 mod processes;
 mod registrations;
+mod scenarios;
 mod smtp;

@@ -1,6 +1,7 @@
 //! `send_confirmation_email` against a real SMTP server on loopback: a small in-process one
 //! (EHLO, MAIL FROM, RCPT TO, DATA, RSET, NOOP, QUIT) that keeps every message as received
-//! over the wire, and can be told to answer RCPT with a 4xx or 5xx.
+//! over the wire, and can be told to answer RCPT with a 4xx or 5xx, or to stop listening
+//! and come back.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -93,6 +94,12 @@ impl FakeSmtp {
         if let Some(task) = self.accept.lock().unwrap().take() {
             task.abort();
         }
+    }
+
+    /// Listen again on the same port.
+    pub async fn restart(&self) {
+        let listener = TcpListener::bind(("127.0.0.1", self.port)).await.unwrap();
+        self.listen(listener);
     }
 
     /// Answer the next RCPT commands with these replies, in order.
