@@ -1,5 +1,6 @@
 //! The registration jobs through real `worker` processes when the outside world misbehaves:
-//! an SMTP server that goes away and comes back, a worker killed during an upload.
+//! an SMTP server that goes away and comes back, a worker killed during an upload, a slow SMTP
+//! server under a burst of registrations.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -135,4 +136,51 @@ async fn an_upload_cut_by_kill_9_completes_after_the_rescue() {
         "kill -9 during upload: errors after rescue {:?}",
         done.errors
     );
+}
+
+#[tokio::test]
+async fn a_burst_of_200_confirmations_to_a_slow_server_arrives_once_each() {
+    const N: usize = 200;
+    let db = TestDb::new().await;
+    let outbox = TempDir::new("outbox");
+    let smtp = FakeSmtp::start().await;
+    smtp.slow(Duration::from_secs(1));
+    let mut ids = Vec::new();
+    for _ in 0..N {
+        let team_id = register(&db).await;
+        ids.push(job(&db, "send_confirmation_email", &team_id).await);
+    }
+    let env = smtp.env(with_env(
+        fast_env(&db.url),
+        "MAIL_OUTBOX_DIR",
+        outbox.0.to_str().unwrap(),
+    ));
+    let started = std::time::Instant::now();
+    let args = ["--queues", "email", "--concurrency", "10"];
+    let workers = [Process::start(&env, &args), Process::start(&env, &args)];
+    wait_count(
+        &db,
+        "SELECT count(*) FROM jobs WHERE kind = 'send_confirmation_email' AND state = 'completed'",
+        N as i64,
+        Duration::from_secs(180),
+    )
+    .await;
+    let took = started.elapsed();
+    drop(workers);
+    let retried: i64 = db
+        .scalar("SELECT count(*) FROM jobs WHERE attempt > 1 OR errors <> '[]'::jsonb")
+        .await;
+    assert_eq!(retried, 0, "a slow server is not a failing one");
+    let mut by_id: HashMap<String, usize> = HashMap::new();
+    for m in smtp.messages() {
+        *by_id
+            .entry(m.header("Message-ID").expect("a Message-ID"))
+            .or_default() += 1;
+    }
+    assert_eq!(by_id.len(), N, "every confirmation arrived");
+    assert!(by_id.values().all(|&n| n == 1), "none twice");
+    for id in &ids {
+        assert!(by_id.contains_key(&format!("<confirmation-{id}@localhost>")));
+    }
+    eprintln!("200 confirmations at 1 s each, 2 workers x 10 slots: all delivered in {took:?}");
 }

@@ -1,7 +1,7 @@
 //! `send_confirmation_email` against a real SMTP server on loopback: a small in-process one
 //! (EHLO, MAIL FROM, RCPT TO, DATA, RSET, NOOP, QUIT) that keeps every message as received
-//! over the wire, and can be told to answer RCPT with a 4xx or 5xx, or to stop listening
-//! and come back.
+//! over the wire, and can be told to answer RCPT with a 4xx or 5xx, to take its time over
+//! each message, or to stop listening and come back.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -56,6 +56,8 @@ impl Received {
 struct State {
     /// Replies to the next RCPT commands, e.g. `550 5.1.1 ...`; 250 once empty.
     rcpt_replies: VecDeque<String>,
+    /// How long the server takes over each message after its data.
+    per_message: Duration,
     messages: Vec<Received>,
 }
 
@@ -106,6 +108,11 @@ impl FakeSmtp {
     pub fn reply_to_rcpt(&self, replies: &[&str]) {
         let mut s = self.state.lock().unwrap();
         s.rcpt_replies = replies.iter().map(|r| r.to_string()).collect();
+    }
+
+    /// Take `d` over each message before accepting it.
+    pub fn slow(&self, d: Duration) {
+        self.state.lock().unwrap().per_message = d;
     }
 
     pub fn messages(&self) -> Vec<Received> {
@@ -191,6 +198,8 @@ async fn session(sock: TcpStream, state: Arc<Mutex<State>>) {
                     }
                     data.push_str(line.strip_prefix('.').unwrap_or(&line));
                 }
+                let per_message = state.lock().unwrap().per_message;
+                tokio::time::sleep(per_message).await;
                 state.lock().unwrap().messages.push(Received {
                     from: from.take().unwrap_or_default(),
                     to: std::mem::take(&mut to),
