@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::breaker::Policy;
-use common::config::{ConfigError, DatabaseSettings, Source, boolean, millis, parse_or, positive};
+use common::config::{
+    ConfigError, DatabaseSettings, Secret, Source, boolean, millis, parse_or, positive,
+};
 use common::ratelimit::Limit;
 
 use crate::breaker::{ServiceSettings, ServicesSettings};
@@ -57,9 +59,70 @@ pub struct DeliverySettings {
     pub outbox_dir: PathBuf,
     /// `SMTP_FROM_EMAIL`: the sender of confirmation mail, `Name <address>` or an address.
     pub from: Mailbox,
+    /// `SMTP_REPLY_TO`: the Reply-To of confirmation mail, if any (outbox or SMTP alike).
+    pub reply_to: Option<Mailbox>,
     /// `PUBLIC_BASE_URL`: the API's address as mail readers reach it; links to logos start
     /// with it.
     pub public_base_url: String,
+    /// Cloudinary, when configured: logos go there instead of `uploads_dir`.
+    pub cloudinary: Option<CloudinarySettings>,
+    /// An SMTP server, when `SMTP_SERVER` is set: mail goes there instead of `outbox_dir`.
+    pub smtp: Option<SmtpSettings>,
+}
+
+/// Cloudinary's Upload API: `CLOUDINARY_URL` (`cloudinary://key:secret@cloud`) or
+/// `CLOUDINARY_CLOUD_NAME`, `CLOUDINARY_API_KEY` and `CLOUDINARY_API_SECRET`.
+#[derive(Debug, Clone)]
+pub struct CloudinarySettings {
+    /// The cloud (account) name, part of the upload URL.
+    pub cloud_name: String,
+    /// The API key, sent with each upload.
+    pub api_key: String,
+    /// The API secret: signs uploads and is never sent, logged or shown.
+    pub api_secret: Secret,
+    /// `CLOUDINARY_API_BASE`: scheme and host of the API, without a trailing slash.
+    pub api_base: String,
+    /// `CLOUDINARY_FOLDER`: the folder logos are put in; none puts them at the root.
+    pub folder: Option<String>,
+    /// `CLOUDINARY_CONNECT_TIMEOUT_MS`.
+    pub connect_timeout: Duration,
+    /// `CLOUDINARY_REQUEST_TIMEOUT_MS`: one whole upload request, answer included.
+    pub request_timeout: Duration,
+    /// `CLOUDINARY_CALL_RETRIES`: quick retries of one upload within an attempt, after a
+    /// connection error or a 5xx (0 turns them off); job-level retries come after these.
+    pub call_retries: u32,
+    /// `CLOUDINARY_CALL_RETRY_MS`: the pause before the first quick retry, doubled for each
+    /// further one.
+    pub call_retry_delay: Duration,
+}
+
+/// How mail reaches the SMTP server: `SMTP_TLS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpTls {
+    /// `starttls`: plain connection upgraded with STARTTLS, which is required.
+    StartTls,
+    /// `tls`: TLS from the first byte (SMTPS, usually port 465).
+    Tls,
+    /// `none`: no encryption; for a relay on the same host or a test server only.
+    None,
+}
+
+/// An SMTP server for confirmation mail.
+#[derive(Debug, Clone)]
+pub struct SmtpSettings {
+    /// `SMTP_SERVER`: host name (also the name its certificate must carry).
+    pub server: String,
+    /// `SMTP_PORT`: defaults to 587 for `starttls`, 465 for `tls`, 25 for `none`.
+    pub port: u16,
+    /// `SMTP_USERNAME` and `SMTP_PASSWORD`, when the server wants a login.
+    pub credentials: Option<(String, Secret)>,
+    /// `SMTP_TLS`.
+    pub tls: SmtpTls,
+    /// `SMTP_CONNECT_TIMEOUT_MS`: connecting (lettre's timeout).
+    pub connect_timeout: Duration,
+    /// `SMTP_SEND_TIMEOUT_MS`: the whole exchange of one message, from taking a connection to
+    /// the server's answer to the data (lettre's async client has no per-command timeout).
+    pub send_timeout: Duration,
 }
 
 /// Intervals of the maintenance services; each pass runs once per interval across all workers.
@@ -133,6 +196,24 @@ pub const DEFAULT_OUTBOX_DIR: &str = "./.data/outbox";
 pub const DEFAULT_FROM: &str = "Quayside <noreply@localhost>";
 /// Default `PUBLIC_BASE_URL`: the API on its default port (8080).
 pub const DEFAULT_PUBLIC_BASE_URL: &str = "http://localhost:8080";
+/// Default `CLOUDINARY_API_BASE`.
+pub const DEFAULT_CLOUDINARY_API_BASE: &str = "https://api.cloudinary.com";
+/// Default `CLOUDINARY_CONNECT_TIMEOUT_MS`: a healthy API answers the handshake in well under
+/// a second; 5 s leaves room for a slow DNS resolver.
+pub const DEFAULT_CLOUDINARY_CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// Default `CLOUDINARY_REQUEST_TIMEOUT_MS`: a 5 MB logo at 1 Mbit/s takes about 40 s; 60 s
+/// stays inside the kind's 2 min attempt timeout with room for a quick retry.
+pub const DEFAULT_CLOUDINARY_REQUEST_TIMEOUT_MS: u64 = 60_000;
+/// Default `CLOUDINARY_CALL_RETRIES`: two quick retries ride out a dropped connection or a
+/// single 502 without waiting for the job's backoff.
+pub const DEFAULT_CLOUDINARY_CALL_RETRIES: u32 = 2;
+/// Default `CLOUDINARY_CALL_RETRY_MS`.
+pub const DEFAULT_CLOUDINARY_CALL_RETRY_MS: u64 = 250;
+/// Default `SMTP_CONNECT_TIMEOUT_MS`.
+pub const DEFAULT_SMTP_CONNECT_TIMEOUT_MS: u64 = 10_000;
+/// Default `SMTP_SEND_TIMEOUT_MS`: inside the kind's 60 s attempt timeout, so a stuck server
+/// is reported as such rather than as a job timeout.
+pub const DEFAULT_SMTP_SEND_TIMEOUT_MS: u64 = 30_000;
 
 impl WorkerSettings {
     /// Read and validate. `queues` and `concurrency` are the command-line flags, which win over
@@ -275,12 +356,179 @@ impl DeliverySettings {
                 format!("{public_base_url:?} is not an http(s) URL"),
             ));
         }
+        let reply_to = match src.get("SMTP_REPLY_TO") {
+            None => None,
+            Some(raw) => Some(raw.parse::<Mailbox>().map_err(|e| {
+                ConfigError::new("SMTP_REPLY_TO", format!("{raw:?} is not an address: {e}"))
+            })?),
+        };
         Ok(Self {
             uploads_dir: dir("UPLOADS_DIR", DEFAULT_UPLOADS_DIR)?,
             outbox_dir: dir("MAIL_OUTBOX_DIR", DEFAULT_OUTBOX_DIR)?,
             from,
+            reply_to,
             public_base_url: public_base_url.trim_end_matches('/').to_owned(),
+            cloudinary: CloudinarySettings::from_source(src)?,
+            smtp: SmtpSettings::from_source(src)?,
         })
+    }
+}
+
+impl CloudinarySettings {
+    /// Read and validate; `None` when Cloudinary is not configured at all.
+    pub fn from_source(src: &(impl Source + ?Sized)) -> Result<Option<Self>, ConfigError> {
+        let (cloud_name, api_key, api_secret) = match src.get("CLOUDINARY_URL") {
+            Some(url) => parse_cloudinary_url(url.trim())?,
+            None => {
+                const NAMES: [&str; 3] = [
+                    "CLOUDINARY_CLOUD_NAME",
+                    "CLOUDINARY_API_KEY",
+                    "CLOUDINARY_API_SECRET",
+                ];
+                let [cloud, key, secret] = NAMES.map(|n| src.get(n));
+                match (cloud, key, secret) {
+                    (None, None, None) => return Ok(None),
+                    (Some(c), Some(k), Some(s)) => (
+                        c.trim().to_owned(),
+                        k.trim().to_owned(),
+                        Secret::new(s.trim()),
+                    ),
+                    (c, k, _) => {
+                        let missing = if c.is_none() {
+                            NAMES[0]
+                        } else if k.is_none() {
+                            NAMES[1]
+                        } else {
+                            NAMES[2]
+                        };
+                        return Err(ConfigError::new(
+                            missing,
+                            "must be set with the other CLOUDINARY_* credentials",
+                        ));
+                    }
+                }
+            }
+        };
+        let api_base = src
+            .get("CLOUDINARY_API_BASE")
+            .unwrap_or_else(|| DEFAULT_CLOUDINARY_API_BASE.to_owned());
+        if !(api_base.starts_with("http://") || api_base.starts_with("https://")) {
+            return Err(ConfigError::new(
+                "CLOUDINARY_API_BASE",
+                format!("{api_base:?} is not an http(s) URL"),
+            ));
+        }
+        let folder = src
+            .get("CLOUDINARY_FOLDER")
+            .map(|f| f.trim().trim_matches('/').to_owned())
+            .filter(|f| !f.is_empty());
+        Ok(Some(CloudinarySettings {
+            cloud_name,
+            api_key,
+            api_secret,
+            api_base: api_base.trim_end_matches('/').to_owned(),
+            folder,
+            connect_timeout: millis(
+                src,
+                "CLOUDINARY_CONNECT_TIMEOUT_MS",
+                DEFAULT_CLOUDINARY_CONNECT_TIMEOUT_MS,
+            )?,
+            request_timeout: millis(
+                src,
+                "CLOUDINARY_REQUEST_TIMEOUT_MS",
+                DEFAULT_CLOUDINARY_REQUEST_TIMEOUT_MS,
+            )?,
+            call_retries: parse_or(
+                src,
+                "CLOUDINARY_CALL_RETRIES",
+                DEFAULT_CLOUDINARY_CALL_RETRIES,
+            )?,
+            call_retry_delay: millis(
+                src,
+                "CLOUDINARY_CALL_RETRY_MS",
+                DEFAULT_CLOUDINARY_CALL_RETRY_MS,
+            )?,
+        }))
+    }
+}
+
+/// `cloudinary://key:secret@cloud` into its parts; errors never quote the value (it holds the
+/// secret).
+fn parse_cloudinary_url(url: &str) -> Result<(String, String, Secret), ConfigError> {
+    let bad = || {
+        ConfigError::new(
+            "CLOUDINARY_URL",
+            "is not of the form cloudinary://api_key:api_secret@cloud_name",
+        )
+    };
+    let rest = url.strip_prefix("cloudinary://").ok_or_else(bad)?;
+    let (credentials, cloud) = rest.rsplit_once('@').ok_or_else(bad)?;
+    let (key, secret) = credentials.split_once(':').ok_or_else(bad)?;
+    let cloud = cloud.trim_end_matches('/');
+    if key.is_empty() || secret.is_empty() || cloud.is_empty() || cloud.contains('/') {
+        return Err(bad());
+    }
+    Ok((cloud.to_owned(), key.to_owned(), Secret::new(secret)))
+}
+
+impl SmtpSettings {
+    /// Read and validate; `None` when `SMTP_SERVER` is unset.
+    pub fn from_source(src: &(impl Source + ?Sized)) -> Result<Option<Self>, ConfigError> {
+        let Some(server) = src.get("SMTP_SERVER").map(|s| s.trim().to_owned()) else {
+            return Ok(None);
+        };
+        let tls = match src
+            .get("SMTP_TLS")
+            .map(|t| t.trim().to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("starttls") => SmtpTls::StartTls,
+            Some("tls") => SmtpTls::Tls,
+            Some("none") => SmtpTls::None,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "SMTP_TLS",
+                    format!("{other:?} is not one of starttls, tls, none"),
+                ));
+            }
+        };
+        let default_port = match tls {
+            SmtpTls::StartTls => 587,
+            SmtpTls::Tls => 465,
+            SmtpTls::None => 25,
+        };
+        let port: u16 = parse_or(src, "SMTP_PORT", default_port)?;
+        if port == 0 {
+            return Err(ConfigError::new("SMTP_PORT", "must be greater than 0"));
+        }
+        let credentials = match (src.get("SMTP_USERNAME"), src.get("SMTP_PASSWORD")) {
+            (None, None) => None,
+            (Some(user), Some(password)) => Some((user.trim().to_owned(), Secret::new(password))),
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    "SMTP_USERNAME",
+                    "must be set when SMTP_PASSWORD is",
+                ));
+            }
+            (Some(_), None) => {
+                return Err(ConfigError::new(
+                    "SMTP_PASSWORD",
+                    "must be set when SMTP_USERNAME is",
+                ));
+            }
+        };
+        Ok(Some(SmtpSettings {
+            server,
+            port,
+            credentials,
+            tls,
+            connect_timeout: millis(
+                src,
+                "SMTP_CONNECT_TIMEOUT_MS",
+                DEFAULT_SMTP_CONNECT_TIMEOUT_MS,
+            )?,
+            send_timeout: millis(src, "SMTP_SEND_TIMEOUT_MS", DEFAULT_SMTP_SEND_TIMEOUT_MS)?,
+        }))
     }
 }
 
@@ -773,6 +1021,117 @@ mod tests {
                 line.contains("KIND_TIMEOUTS_MS") && !line.contains('\n'),
                 "{bad}: {line}"
             );
+        }
+    }
+
+    #[test]
+    fn cloudinary_is_configured_by_url_or_by_parts_and_hides_its_secret() {
+        let d = |pairs: &[(&str, &str)]| DeliverySettings::from_source(pairs);
+        assert!(d(&[]).unwrap().cloudinary.is_none());
+        let c = d(&[("CLOUDINARY_URL", "cloudinary://123:s3cr3t-x@demo")])
+            .unwrap()
+            .cloudinary
+            .unwrap();
+        assert_eq!((c.cloud_name.as_str(), c.api_key.as_str()), ("demo", "123"));
+        assert_eq!(c.api_secret.expose(), "s3cr3t-x");
+        assert_eq!(c.api_base, DEFAULT_CLOUDINARY_API_BASE);
+        assert_eq!(c.folder, None);
+        assert_eq!(c.call_retries, DEFAULT_CLOUDINARY_CALL_RETRIES);
+        assert!(!format!("{c:?}").contains("s3cr3t"), "{c:?}");
+        let c = d(&[
+            ("CLOUDINARY_CLOUD_NAME", "demo"),
+            ("CLOUDINARY_API_KEY", "123"),
+            ("CLOUDINARY_API_SECRET", "s3cr3t"),
+            ("CLOUDINARY_API_BASE", "http://127.0.0.1:9/"),
+            ("CLOUDINARY_FOLDER", "/logos/"),
+            ("CLOUDINARY_CALL_RETRIES", "0"),
+        ])
+        .unwrap()
+        .cloudinary
+        .unwrap();
+        assert_eq!(c.api_base, "http://127.0.0.1:9");
+        assert_eq!(c.folder.as_deref(), Some("logos"));
+        assert_eq!(c.call_retries, 0);
+        for (pairs, name) in [
+            (
+                &[("CLOUDINARY_URL", "cloudinary://123@demo")][..],
+                "CLOUDINARY_URL",
+            ),
+            (
+                &[("CLOUDINARY_URL", "https://123:s3cr3t@demo")][..],
+                "CLOUDINARY_URL",
+            ),
+            (
+                &[
+                    ("CLOUDINARY_API_KEY", "1"),
+                    ("CLOUDINARY_API_SECRET", "s3cr3t"),
+                ][..],
+                "CLOUDINARY_CLOUD_NAME",
+            ),
+            (
+                &[("CLOUDINARY_CLOUD_NAME", "d"), ("CLOUDINARY_API_KEY", "1")][..],
+                "CLOUDINARY_API_SECRET",
+            ),
+            (
+                &[
+                    ("CLOUDINARY_URL", "cloudinary://1:s3cr3t@d"),
+                    ("CLOUDINARY_API_BASE", "ftp://x"),
+                ][..],
+                "CLOUDINARY_API_BASE",
+            ),
+        ] {
+            let err = d(pairs).unwrap_err();
+            assert_eq!(err.name, name, "{pairs:?}: {err}");
+            assert!(!err.to_string().contains("s3cr3t"), "{err}");
+        }
+    }
+
+    #[test]
+    fn smtp_is_configured_by_its_server_and_hides_its_password() {
+        let d = |pairs: &[(&str, &str)]| DeliverySettings::from_source(pairs);
+        assert!(d(&[("SMTP_PORT", "25")]).unwrap().smtp.is_none());
+        let s = d(&[("SMTP_SERVER", "smtp.example.org")])
+            .unwrap()
+            .smtp
+            .unwrap();
+        assert_eq!((s.tls, s.port), (SmtpTls::StartTls, 587));
+        assert!(s.credentials.is_none());
+        let all = d(&[
+            ("SMTP_SERVER", "127.0.0.1"),
+            ("SMTP_TLS", "none"),
+            ("SMTP_PORT", "2525"),
+            ("SMTP_USERNAME", "quay"),
+            ("SMTP_PASSWORD", "pa55word"),
+            ("SMTP_REPLY_TO", "Desk <desk@example.org>"),
+        ])
+        .unwrap();
+        assert_eq!(all.reply_to.unwrap().email.to_string(), "desk@example.org");
+        let s = all.smtp.unwrap();
+        assert_eq!((s.tls, s.port), (SmtpTls::None, 2525));
+        assert!(!format!("{:?}", s.credentials).contains("pa55word"));
+        assert_eq!(
+            d(&[("SMTP_SERVER", "x"), ("SMTP_TLS", "tls")])
+                .unwrap()
+                .smtp
+                .unwrap()
+                .port,
+            465
+        );
+        for (pairs, name) in [
+            (&[("SMTP_SERVER", "x"), ("SMTP_TLS", "ssl")][..], "SMTP_TLS"),
+            (&[("SMTP_SERVER", "x"), ("SMTP_PORT", "0")][..], "SMTP_PORT"),
+            (
+                &[("SMTP_SERVER", "x"), ("SMTP_PASSWORD", "pa55word")][..],
+                "SMTP_USERNAME",
+            ),
+            (
+                &[("SMTP_SERVER", "x"), ("SMTP_REPLY_TO", "nope")][..],
+                "SMTP_REPLY_TO",
+            ),
+        ] {
+            let err = d(pairs).unwrap_err();
+            assert_eq!(err.name, name, "{pairs:?}: {err}");
+            assert!(!err.to_string().contains("pa55word"), "{err}");
         }
     }
 }

@@ -16,7 +16,9 @@ use futures::future::BoxFuture;
 
 use crate::breaker::Guards;
 use crate::config::DeliverySettings;
-use send_confirmation_email::{Confirmation, OutboxMailer};
+use send_confirmation_email::Confirmation;
+use send_confirmation_email::smtp::SmtpMailer;
+use upload_logo::cloudinary::Cloudinary;
 use upload_logo::{LocalStorage, Storage};
 
 /// What handlers use besides their args: a pool, and the storage and mail delivery chosen once
@@ -32,16 +34,31 @@ pub struct Services {
 }
 
 impl Services {
+    /// The delivery `settings` ask for: Cloudinary when it is configured, else files under
+    /// `uploads_dir`; an SMTP server when `SMTP_SERVER` is set, else the `.eml` outbox. The
+    /// choice is made here, once.
+    pub fn new(pool: Pool, delivery: &DeliverySettings) -> anyhow::Result<Self> {
+        let mut services = Self::embedded(pool, delivery);
+        if let Some(c) = &delivery.cloudinary {
+            tracing::info!(cloud = %c.cloud_name, api_base = %c.api_base, "logos go to Cloudinary");
+            services.storage = Arc::new(Cloudinary::new(c.clone())?);
+        }
+        if let Some(s) = &delivery.smtp {
+            tracing::info!(server = %s.server, port = s.port, tls = ?s.tls, "mail goes to SMTP");
+            services.confirmation = Arc::new(Confirmation {
+                mailer: Arc::new(SmtpMailer::new(s)?),
+                ..Confirmation::embedded(delivery)
+            });
+        }
+        Ok(services)
+    }
+
     /// The embedded defaults: logos as local files, mail as `.eml` files in an outbox.
     pub fn embedded(pool: Pool, delivery: &DeliverySettings) -> Self {
         Self {
             pool,
             storage: Arc::new(LocalStorage::new(&delivery.uploads_dir)),
-            confirmation: Arc::new(Confirmation {
-                from: delivery.from.clone(),
-                public_base_url: delivery.public_base_url.clone(),
-                mailer: Arc::new(OutboxMailer::new(&delivery.outbox_dir)),
-            }),
+            confirmation: Arc::new(Confirmation::embedded(delivery)),
         }
     }
 }

@@ -64,7 +64,7 @@ pub async fn run(settings: WorkerSettings, stop: CancellationToken) -> anyhow::R
     let n_queues = settings.queues.len();
     let sync = settings.synchronous_commit;
     let pool = worker_pool(db, Plans::PerExecution, true)?;
-    let handlers = Handlers::all(&Services::embedded(pool.clone(), &settings.delivery))?
+    let handlers = Handlers::all(&Services::new(pool.clone(), &settings.delivery)?)?
         .with_timeouts(settings.kind_timeouts.clone());
     let fetch_pool = worker_pool(&sized(n_queues), Plans::Cached, sync)?;
     let outcome_pool = worker_pool(&sized(2), Plans::PerExecution, sync)?;

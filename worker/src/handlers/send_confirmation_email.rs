@@ -4,8 +4,11 @@
 //! The Message-ID is derived from the job id, so a retry that sends again sends the same
 //! message, which mail clients show once.
 
+pub mod smtp;
+
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::jobs::send_confirmation_email::SendConfirmationEmail;
 use common::registrations::{self, Team};
@@ -15,23 +18,42 @@ use lettre::message::{Mailbox, MultiPart};
 use lettre::{AsyncFileTransport, AsyncTransport, Message, Tokio1Executor};
 
 use super::{JobContext, JobError, JobResult};
+use crate::breaker::Guards;
 
-/// Where mail goes. The embedded default is [`OutboxMailer`]; an SMTP implementation can take
-/// its place without the handler changing.
+/// Where mail goes: [`OutboxMailer`] (the embedded default) or [`smtp::SmtpMailer`], chosen
+/// once at start-up.
 pub trait Mailer: Send + Sync {
-    /// Deliver `message`.
-    fn send(&self, message: Message) -> BoxFuture<'_, Result<(), MailError>>;
+    /// Deliver `message`. A mailer behind an external service passes each call to it through
+    /// `guards`.
+    fn send<'a>(
+        &'a self,
+        message: Message,
+        guards: &'a Guards,
+    ) -> BoxFuture<'a, Result<(), MailError>>;
 }
 
-/// Why a message was not delivered.
-#[derive(Debug, thiserror::Error)]
+/// Why a message was not delivered, said as what the queue should do.
+#[derive(Debug, PartialEq, thiserror::Error)]
 pub enum MailError {
-    /// A transient failure (disk, a 4xx from a server): retry.
+    /// A transient failure (disk, no connection, a 4xx from a server): retry.
     #[error("mail delivery failed: {0}")]
     Transient(String),
     /// Delivery refused for good (a 5xx from a server).
     #[error("mail refused: {0}")]
     Refused(String),
+    /// The service's breaker or rate limit said not now: nothing was sent.
+    #[error("mail held back for {0:?}")]
+    Snoozed(Duration),
+}
+
+impl From<MailError> for JobError {
+    fn from(e: MailError) -> Self {
+        match e {
+            MailError::Transient(_) => JobError::Retry(e.to_string()),
+            MailError::Refused(_) => JobError::Permanent(e.to_string()),
+            MailError::Snoozed(d) => JobError::Snooze(d),
+        }
+    }
 }
 
 /// Messages written as `.eml` files into a directory (lettre's file transport).
@@ -52,7 +74,11 @@ impl OutboxMailer {
 }
 
 impl Mailer for OutboxMailer {
-    fn send(&self, message: Message) -> BoxFuture<'_, Result<(), MailError>> {
+    fn send<'a>(
+        &'a self,
+        message: Message,
+        _guards: &'a Guards,
+    ) -> BoxFuture<'a, Result<(), MailError>> {
         Box::pin(async move {
             tokio::fs::create_dir_all(&self.dir)
                 .await
@@ -70,10 +96,24 @@ impl Mailer for OutboxMailer {
 pub struct Confirmation {
     /// The sender.
     pub from: Mailbox,
+    /// Where replies go, when not to the sender.
+    pub reply_to: Option<Mailbox>,
     /// Prefix of links to the API (logo URLs are relative to it).
     pub public_base_url: String,
     /// The delivery.
     pub mailer: Arc<dyn Mailer>,
+}
+
+impl Confirmation {
+    /// Sender, links and Reply-To from `delivery`, mail into its `.eml` outbox.
+    pub fn embedded(delivery: &crate::config::DeliverySettings) -> Self {
+        Self {
+            from: delivery.from.clone(),
+            reply_to: delivery.reply_to.clone(),
+            public_base_url: delivery.public_base_url.clone(),
+            mailer: Arc::new(OutboxMailer::new(&delivery.outbox_dir)),
+        }
+    }
 }
 
 const TEXT_TEMPLATE: &str = include_str!("../../templates/confirmation.txt");
@@ -96,10 +136,7 @@ pub async fn run(
         .ok_or_else(|| JobError::Permanent(format!("no team {:?}", args.team_id)))?;
     drop(conn);
     let message = message(&team, ctx.id, &conf)?;
-    conf.mailer.send(message).await.map_err(|e| match e {
-        MailError::Transient(m) => JobError::Retry(m),
-        MailError::Refused(m) => JobError::Permanent(m),
-    })?;
+    conf.mailer.send(message, &ctx.guards).await?;
     Ok(Some(serde_json::json!({ "to": team.captain_email })))
 }
 
@@ -115,9 +152,11 @@ pub fn message(team: &Team, job_id: i64, conf: &Confirmation) -> Result<Message,
         .as_deref()
         .map(|u| absolute(&conf.public_base_url, u));
     let domain = conf.from.email.domain();
-    Message::builder()
-        .from(conf.from.clone())
-        .to(to)
+    let mut builder = Message::builder().from(conf.from.clone()).to(to);
+    if let Some(reply_to) = &conf.reply_to {
+        builder = builder.reply_to(reply_to.clone());
+    }
+    builder
         .subject(format!(
             "Registration confirmed: {} ({})",
             team.team_name, team.team_id
@@ -254,6 +293,7 @@ mod tests {
     fn the_message_id_follows_the_job_and_a_bad_address_is_permanent() {
         let conf = Confirmation {
             from: "Quayside <noreply@example.org>".parse().unwrap(),
+            reply_to: Some("Desk <desk@example.org>".parse().unwrap()),
             public_base_url: "http://localhost:8080".into(),
             mailer: Arc::new(OutboxMailer::new("/nonexistent")),
         };
@@ -263,6 +303,7 @@ mod tests {
             raw.contains("Message-ID: <confirmation-42@example.org>"),
             "{raw}"
         );
+        assert!(raw.contains("Reply-To: Desk <desk@example.org>"), "{raw}");
         let mut bad = team();
         bad.captain_email = "nope".into();
         assert!(matches!(

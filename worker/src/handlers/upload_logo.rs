@@ -5,8 +5,11 @@
 //! same file again under the same name; a retry after the update finds no bytes and reports
 //! the stored URL. No connection is held while the storage call runs.
 
+pub mod cloudinary;
+
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::jobs::upload_logo::UploadLogo;
 use common::registrations::{self, LogoState};
@@ -14,28 +17,56 @@ use deadpool_postgres::Pool;
 use futures::future::BoxFuture;
 
 use super::{JobContext, JobError, JobResult};
+use crate::breaker::Guards;
 
-/// Where logos go. The embedded default is [`LocalStorage`]; a Cloudinary implementation can
-/// take its place without the handler changing.
+/// Where logos go: [`LocalStorage`] (the embedded default) or [`cloudinary::Cloudinary`],
+/// chosen once at start-up.
 pub trait Storage: Send + Sync {
     /// Store `bytes` under `name` (from [`file_name`]) and return the URL they are served at.
+    /// A store behind an external service passes each call to it through `guards`.
     fn put<'a>(
         &'a self,
         name: &'a str,
         content_type: &'a str,
         bytes: Vec<u8>,
+        guards: &'a Guards,
     ) -> BoxFuture<'a, Result<String, StorageError>>;
 }
 
-/// Why a logo could not be stored.
-#[derive(Debug, thiserror::Error)]
+/// Why a logo could not be stored, said as what the queue should do.
+#[derive(Debug, PartialEq, thiserror::Error)]
 pub enum StorageError {
-    /// A transient failure (disk, network): retry.
+    /// A transient failure (disk, network, a 5xx): retry with the kind's backoff.
     #[error("storage failed: {0}")]
     Transient(String),
-    /// The storage refuses this logo for good.
+    /// A transient failure with a known wait (a 429's Retry-After).
+    #[error("storage failed: {message}")]
+    RetryAfter {
+        /// What went wrong.
+        message: String,
+        /// How long the service asked us to wait.
+        after: Duration,
+    },
+    /// The storage refuses this logo for good (bad credentials, a bad file).
     #[error("storage refused the logo: {0}")]
     Refused(String),
+    /// The service's breaker or rate limit said not now: nothing was called.
+    #[error("storage call held back for {0:?}")]
+    Snoozed(Duration),
+}
+
+impl From<StorageError> for JobError {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::Transient(_) => JobError::Retry(e.to_string()),
+            StorageError::RetryAfter { ref message, after } => JobError::RetryAfter {
+                message: format!("storage failed: {message}"),
+                after,
+            },
+            StorageError::Refused(_) => JobError::Permanent(e.to_string()),
+            StorageError::Snoozed(d) => JobError::Snooze(d),
+        }
+    }
 }
 
 /// Files in one directory, served by the API at `/files/<name>`.
@@ -57,6 +88,7 @@ impl Storage for LocalStorage {
         name: &'a str,
         _content_type: &'a str,
         bytes: Vec<u8>,
+        _guards: &'a Guards,
     ) -> BoxFuture<'a, Result<String, StorageError>> {
         Box::pin(async move {
             let io = |e: std::io::Error| StorageError::Transient(e.to_string());
@@ -96,7 +128,7 @@ pub fn file_name(team_id: &str, content_type: &str) -> Option<String> {
 /// Run one `upload_logo` job.
 pub async fn run(
     args: UploadLogo,
-    _ctx: JobContext,
+    ctx: JobContext,
     pool: Pool,
     storage: Arc<dyn Storage>,
 ) -> JobResult {
@@ -122,12 +154,8 @@ pub async fn run(
         JobError::Permanent(format!("cannot store a logo of type {content_type:?}"))
     })?;
     let url = storage
-        .put(&name, &content_type, bytes)
-        .await
-        .map_err(|e| match e {
-            StorageError::Transient(m) => JobError::Retry(m),
-            StorageError::Refused(m) => JobError::Permanent(m),
-        })?;
+        .put(&name, &content_type, bytes, &ctx.guards)
+        .await?;
     let conn = pool
         .get()
         .await
@@ -166,9 +194,15 @@ mod tests {
     async fn local_storage_writes_atomically_and_overwrites_on_retry() {
         let dir = std::env::temp_dir().join(format!("quayside-store-{}", uuid::Uuid::new_v4()));
         let s = LocalStorage::new(&dir);
-        let url = s.put("a.png", "image/png", b"one".to_vec()).await.unwrap();
+        let g = Guards::default();
+        let url = s
+            .put("a.png", "image/png", b"one".to_vec(), &g)
+            .await
+            .unwrap();
         assert_eq!(url, "/files/a.png");
-        s.put("a.png", "image/png", b"two".to_vec()).await.unwrap();
+        s.put("a.png", "image/png", b"two".to_vec(), &g)
+            .await
+            .unwrap();
         assert_eq!(std::fs::read(dir.join("a.png")).unwrap(), b"two");
         let names: Vec<_> = std::fs::read_dir(&dir)
             .unwrap()

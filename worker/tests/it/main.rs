@@ -1,11 +1,14 @@
-//! Worker integration tests against a real PostgreSQL: in-process workers for outcomes, and
-//! the real `worker` binary for signals, kills and multi-process runs, and with the real `api`
-//! binary for a registration end to end.
+//! Worker integration tests against a real PostgreSQL: in-process workers for outcomes, the
+//! real `worker` binary for signals, kills and multi-process runs, the real `api` binary for a
+//! registration end to end, and real HTTP and SMTP servers standing in for Cloudinary and mail.
 
 mod breakers;
+mod cloudinary;
 mod e2e;
 mod harness;
 mod maintenance;
 mod outcomes;
 mod processes;
 mod registrations;
+mod scenarios;
+mod smtp;

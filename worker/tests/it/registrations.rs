@@ -9,10 +9,10 @@ use common::testing::{TempDir, TestDb};
 
 use crate::harness::{InProcess, fast_env, wait_final, with_env};
 
-const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR-not-really";
+pub(crate) const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR-not-really";
 const WAIT: Duration = Duration::from_secs(20);
 
-async fn register(db: &TestDb) -> String {
+pub(crate) async fn register(db: &TestDb) -> String {
     let players = vec![
         Player {
             name: "Ann Bowler".into(),
@@ -50,7 +50,7 @@ async fn register(db: &TestDb) -> String {
     .team_id
 }
 
-async fn job(db: &TestDb, kind: &str, team_id: &str) -> i64 {
+pub(crate) async fn job(db: &TestDb, kind: &str, team_id: &str) -> i64 {
     enqueue(
         &db.conn().await,
         &NewJob::from_json(kind, serde_json::json!({ "team_id": team_id })).unwrap(),

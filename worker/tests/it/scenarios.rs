@@ -1,0 +1,198 @@
+//! The registration jobs through real `worker` processes when the outside world misbehaves:
+//! an SMTP server that goes away and comes back, a worker killed during an upload, a slow SMTP
+//! server under a burst of registrations.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::queue::{JobState, control};
+use common::testing::{TempDir, TestDb, wait_for};
+
+use crate::cloudinary::{Answer, FakeCloudinary};
+use crate::harness::{Process, fast_env, wait_count, wait_final, with_env};
+use crate::registrations::{job, register};
+use crate::smtp::FakeSmtp;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+#[tokio::test]
+async fn smtp_down_opens_the_breaker_and_every_email_arrives_once_after() {
+    const N: usize = 12;
+    let db = TestDb::new().await;
+    let outbox = TempDir::new("outbox");
+    let smtp = FakeSmtp::start().await;
+    smtp.stop();
+    let mut ids = Vec::new();
+    for _ in 0..N {
+        let team_id = register(&db).await;
+        ids.push(job(&db, "send_confirmation_email", &team_id).await);
+    }
+    let env = smtp.env(with_env(
+        fast_env(&db.url),
+        "MAIL_OUTBOX_DIR",
+        outbox.0.to_str().unwrap(),
+    ));
+    let env = with_env(env, "SMTP_BREAKER_FAILURE_THRESHOLD", "3");
+    let env = with_env(env, "SMTP_BREAKER_COOL_DOWN_MS", "1000");
+    let env = with_env(env, "SMTP_CONNECT_TIMEOUT_MS", "500");
+    let workers = [
+        Process::start(&env, &["--queues", "email", "--concurrency", "4"]),
+        Process::start(&env, &["--queues", "email", "--concurrency", "4"]),
+    ];
+
+    // Down: the breaker opens for both processes, and the jobs wait without using attempts.
+    wait_count(
+        &db,
+        "SELECT count(*) FROM breakers WHERE service = 'smtp' AND times_opened >= 2",
+        1,
+        WAIT,
+    )
+    .await;
+    wait_for("jobs snoozed by the open breaker", WAIT, || async {
+        let snoozed: i64 = db
+            .scalar("SELECT count(*) FROM jobs WHERE (meta->>'snoozes')::int > 0")
+            .await;
+        (snoozed >= (N / 2) as i64).then_some(())
+    })
+    .await;
+    // Read together: the failures are bounded by the breaker, not by the jobs waiting. At most
+    // the calls in flight when it opened fail (every slot of both processes), and then one
+    // probe per reopening after a cool-down; everything else is snoozed.
+    let row = db
+        .conn()
+        .await
+        .query_one(
+            "SELECT (SELECT coalesce(sum(jsonb_array_length(errors)), 0) FROM jobs)::bigint,
+                    (SELECT coalesce(sum((meta->>'snoozes')::int), 0) FROM jobs)::bigint,
+                    (SELECT times_opened FROM breakers WHERE service = 'smtp')::bigint",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (failed_while_down, snoozes_while_down, times_opened): (i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2));
+    const SLOTS: i64 = 2 * 4;
+    assert!(
+        failed_while_down <= SLOTS + times_opened,
+        "failed attempts bounded by the slots in flight and one probe per opening: \
+         {failed_while_down} failures, {times_opened} openings"
+    );
+
+    // Back: every message is delivered, each exactly once.
+    smtp.restart().await;
+    let mut attempts = Vec::new();
+    for &id in &ids {
+        let done = wait_final(&db, id, WAIT).await;
+        assert_eq!(done.state, JobState::Completed, "{:?}", done.errors);
+        attempts.push(done.attempt);
+    }
+    drop(workers);
+    let mut by_id: HashMap<String, usize> = HashMap::new();
+    for m in smtp.messages() {
+        *by_id
+            .entry(m.header("Message-ID").expect("a Message-ID"))
+            .or_default() += 1;
+    }
+    assert_eq!(by_id.len(), N, "one distinct message per job: {by_id:?}");
+    assert!(by_id.values().all(|&n| n == 1), "none twice: {by_id:?}");
+    for id in &ids {
+        assert!(by_id.contains_key(&format!("<confirmation-{id}@localhost>")));
+    }
+    eprintln!(
+        "smtp down: {failed_while_down} failed attempts and {snoozes_while_down} snoozes while \
+         down; attempts per job {attempts:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_upload_cut_by_kill_9_completes_after_the_rescue() {
+    let db = TestDb::new().await;
+    let uploads = TempDir::new("uploads");
+    let cloudinary = FakeCloudinary::start([Answer::Hang]).await;
+    let team_id = register(&db).await;
+    let id = job(&db, "upload_logo", &team_id).await;
+    let env = cloudinary.env(with_env(
+        fast_env(&db.url),
+        "UPLOADS_DIR",
+        uploads.0.to_str().unwrap(),
+    ));
+    // The hung request would outlive the lease (2 s) by far.
+    let env = with_env(env, "CLOUDINARY_REQUEST_TIMEOUT_MS", "60000");
+    let args = ["--queues", "uploads", "--concurrency", "2"];
+    let first = Process::start(&env, &args);
+    wait_for("the upload to reach the server", WAIT, || async {
+        (!cloudinary.requests().is_empty()).then_some(())
+    })
+    .await;
+    first.signal("-KILL");
+    first.wait(Duration::from_secs(10)).await;
+    let row = control::get(&db.conn().await, id).await.unwrap().unwrap();
+    assert_eq!(row.state, JobState::Running, "the killed worker held it");
+
+    let _second = Process::start(&env, &args);
+    let done = wait_final(&db, id, WAIT).await;
+    assert_eq!(done.state, JobState::Completed, "{:?}", done.errors);
+    assert_eq!(done.attempt, 2, "the rescue handed it to the second worker");
+    let statuses: Vec<_> = cloudinary.requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [None, Some(200)]);
+    assert_eq!(cloudinary.stored().len(), 1, "uploaded once");
+    let team = common::registrations::team(&db.conn().await, &team_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        team.logo_url.as_deref(),
+        Some(cloudinary.stored()[0].secure_url.as_str())
+    );
+    eprintln!(
+        "kill -9 during upload: errors after rescue {:?}",
+        done.errors
+    );
+}
+
+#[tokio::test]
+async fn a_burst_of_200_confirmations_to_a_slow_server_arrives_once_each() {
+    const N: usize = 200;
+    let db = TestDb::new().await;
+    let outbox = TempDir::new("outbox");
+    let smtp = FakeSmtp::start().await;
+    smtp.slow(Duration::from_secs(1));
+    let mut ids = Vec::new();
+    for _ in 0..N {
+        let team_id = register(&db).await;
+        ids.push(job(&db, "send_confirmation_email", &team_id).await);
+    }
+    let env = smtp.env(with_env(
+        fast_env(&db.url),
+        "MAIL_OUTBOX_DIR",
+        outbox.0.to_str().unwrap(),
+    ));
+    let started = std::time::Instant::now();
+    let args = ["--queues", "email", "--concurrency", "10"];
+    let workers = [Process::start(&env, &args), Process::start(&env, &args)];
+    wait_count(
+        &db,
+        "SELECT count(*) FROM jobs WHERE kind = 'send_confirmation_email' AND state = 'completed'",
+        N as i64,
+        Duration::from_secs(180),
+    )
+    .await;
+    let took = started.elapsed();
+    drop(workers);
+    let retried: i64 = db
+        .scalar("SELECT count(*) FROM jobs WHERE attempt > 1 OR errors <> '[]'::jsonb")
+        .await;
+    assert_eq!(retried, 0, "a slow server is not a failing one");
+    let mut by_id: HashMap<String, usize> = HashMap::new();
+    for m in smtp.messages() {
+        *by_id
+            .entry(m.header("Message-ID").expect("a Message-ID"))
+            .or_default() += 1;
+    }
+    assert_eq!(by_id.len(), N, "every confirmation arrived");
+    assert!(by_id.values().all(|&n| n == 1), "none twice");
+    for id in &ids {
+        assert!(by_id.contains_key(&format!("<confirmation-{id}@localhost>")));
+    }
+    eprintln!("200 confirmations at 1 s each, 2 workers x 10 slots: all delivered in {took:?}");
+}
