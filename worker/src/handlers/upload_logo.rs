@@ -144,7 +144,18 @@ pub async fn run(
         LogoState::NoTeam => {
             return Err(JobError::Permanent(format!("no team {:?}", args.team_id)));
         }
-        LogoState::Stored(url) => return Ok(Some(serde_json::json!({ "logo_url": url }))),
+        // Stored by an earlier attempt: a retry after an ambiguous failure succeeds as is.
+        LogoState::Stored(Some(url)) => {
+            return Ok(Some(serde_json::json!({ "logo_url": url })));
+        }
+        // Neither stored nor kept: the bytes were cleaned up after the upload was given up
+        // (LOGO_RETENTION_HOURS). Saying "done" would hide that the team has no logo.
+        LogoState::Stored(None) => {
+            return Err(JobError::Permanent(format!(
+                "team {:?} has no logo to upload: its bytes are no longer kept",
+                args.team_id
+            )));
+        }
         LogoState::Pending {
             content_type,
             bytes,

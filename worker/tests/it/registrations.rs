@@ -159,3 +159,30 @@ async fn jobs_of_a_missing_team_are_discarded_at_once() {
     assert_eq!(std::fs::read_dir(&outbox.0).unwrap().count(), 0);
     assert_eq!(std::fs::read_dir(&uploads.0).unwrap().count(), 0);
 }
+
+#[tokio::test]
+async fn an_upload_whose_bytes_were_cleaned_up_is_discarded_not_completed() {
+    let db = TestDb::new().await;
+    let (uploads, outbox) = (TempDir::new("uploads"), TempDir::new("outbox"));
+    let team_id = register(&db).await;
+    // As the logo clean-up leaves a team whose upload was given up: no bytes, no URL.
+    db.conn()
+        .await
+        .execute(
+            "DELETE FROM team_logos WHERE team_number = (SELECT number FROM teams WHERE team_id = $1)",
+            &[&team_id],
+        )
+        .await
+        .unwrap();
+    let upload = job(&db, "upload_logo", &team_id).await;
+    let worker = InProcess::start(&env(&db, &uploads, &outbox), "uploads", 1);
+    let done = wait_final(&db, upload, WAIT).await;
+    worker.shutdown().await;
+    assert_eq!(done.state, JobState::Discarded);
+    assert!(
+        done.errors[0].message.contains("no longer kept"),
+        "{:?}",
+        done.errors
+    );
+    assert_eq!(std::fs::read_dir(&uploads.0).unwrap().count(), 0);
+}
