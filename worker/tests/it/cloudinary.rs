@@ -60,6 +60,8 @@ pub struct Stored {
 #[derive(Default)]
 struct State {
     script: VecDeque<Answer>,
+    /// While set, every request gets this answer (the script waits).
+    failing: Option<Answer>,
     requests: Vec<Request>,
     stored: Vec<Stored>,
 }
@@ -100,6 +102,11 @@ impl FakeCloudinary {
         self.state.lock().unwrap().stored.clone()
     }
 
+    /// Answer every request with `answer` until called again with `None`.
+    pub fn fail_with(&self, answer: Option<Answer>) {
+        self.state.lock().unwrap().failing = answer;
+    }
+
     /// Worker settings pointing at this server, with short timeouts and quick retries.
     pub fn env(&self, base: Vec<(&'static str, String)>) -> Vec<(&'static str, String)> {
         let env = with_env(
@@ -118,12 +125,12 @@ async fn serve(mut sock: TcpStream, state: Arc<Mutex<State>>) {
     let Some((head, body)) = read_request(&mut sock).await else {
         return;
     };
-    let answer = state
-        .lock()
-        .unwrap()
-        .script
-        .pop_front()
-        .unwrap_or(Answer::Upload);
+    let answer = {
+        let mut s = state.lock().unwrap();
+        s.failing
+            .or_else(|| s.script.pop_front())
+            .unwrap_or(Answer::Upload)
+    };
     let at = Instant::now();
     let record = |status: Option<u16>, refusal: Option<String>| {
         state.lock().unwrap().requests.push(Request {

@@ -19,11 +19,11 @@ const PNG: &[u8] = &[
     0x4e, 0x44, 0xae, 0x42, 0x60, 0x82,
 ];
 const PASSWORD: &str = "correct horse battery staple";
-const BOUNDARY: &str = "quayside-e2e-boundary";
+pub(crate) const BOUNDARY: &str = "quayside-e2e-boundary";
 const WAIT: Duration = Duration::from_secs(30);
 
 /// The registration form as multipart/form-data.
-fn form() -> Vec<u8> {
+pub(crate) fn form() -> Vec<u8> {
     let players = json!([
         {"name": "Ann Bowler", "role": "bowler", "phone": "9000000001"},
         {"name": "Ben Batter", "role": "batter", "phone": "9000000002"}
