@@ -203,7 +203,8 @@ pub async fn insert_team(
 
 const TEAM_COLUMNS: &str = "t.number, t.team_id, t.team_name, t.church_name, t.captain_name, \
      t.coach_name, t.captain_phone, t.captain_whatsapp, t.captain_email, t.logo_url, \
-     EXISTS (SELECT 1 FROM team_logos l WHERE l.team_number = t.number), t.created_at";
+     t.logo_url IS NULL AND EXISTS (SELECT 1 FROM team_logos l WHERE l.team_number = t.number), \
+     t.created_at";
 
 fn team_from_row(r: &tokio_postgres::Row) -> Team {
     Team {
@@ -295,26 +296,39 @@ pub async fn logo(client: &impl GenericClient, team_id: &str) -> Result<LogoStat
     let Some(row) = client.query_opt(LOGO, &[&team_id]).await? else {
         return Ok(LogoState::NoTeam);
     };
-    Ok(match row.get::<_, Option<String>>(1) {
-        Some(content_type) => LogoState::Pending {
-            content_type,
-            bytes: row.get(2),
+    // A URL means an upload succeeded, whether or not its bytes are still kept.
+    Ok(
+        match (
+            row.get::<_, Option<String>>(0),
+            row.get::<_, Option<String>>(1),
+        ) {
+            (Some(url), _) => LogoState::Stored(Some(url)),
+            (None, Some(content_type)) => LogoState::Pending {
+                content_type,
+                bytes: row.get(2),
+            },
+            (None, None) => LogoState::Stored(None),
         },
-        None => LogoState::Stored(row.get(0)),
-    })
+    )
 }
 
 /// Set the logo's URL and drop its bytes, in one statement.
 const LOGO_STORED: &str = "
 WITH t AS (UPDATE teams SET logo_url = $2 WHERE team_id = $1 RETURNING number),
-d AS (DELETE FROM team_logos l USING t WHERE l.team_number = t.number)
+d AS (DELETE FROM team_logos l USING t WHERE l.team_number = t.number AND NOT $3)
 SELECT count(*) FROM t";
 
-/// Record that the logo of `team_id` is stored at `url` and drop its bytes. Returns whether
-/// the team exists.
-pub async fn logo_stored(client: &impl GenericClient, team_id: &str, url: &str) -> Result<bool> {
+/// Record that the logo of `team_id` is stored at `url`, and drop its bytes unless
+/// `keep_bytes` (then the logo clean-up, [`prune_logos`], drops them one retention after the
+/// upload). Returns whether the team exists.
+pub async fn logo_stored(
+    client: &impl GenericClient,
+    team_id: &str,
+    url: &str,
+    keep_bytes: bool,
+) -> Result<bool> {
     let n: i64 = client
-        .query_one(LOGO_STORED, &[&team_id, &url])
+        .query_one(LOGO_STORED, &[&team_id, &url, &keep_bytes])
         .await?
         .get(0);
     Ok(n > 0)

@@ -68,6 +68,10 @@ pub struct DeliverySettings {
     pub cloudinary: Option<CloudinarySettings>,
     /// An SMTP server, when `SMTP_SERVER` is set: mail goes there instead of `outbox_dir`.
     pub smtp: Option<SmtpSettings>,
+    /// `LOGO_KEEP_AFTER_UPLOAD` (default false): keep a logo's bytes in PostgreSQL after its
+    /// upload succeeded, for `LOGO_RETENTION_HOURS` after it (as for a given-up upload), so
+    /// that it can be uploaded again elsewhere; by default they are dropped with the upload.
+    pub keep_logo_bytes: bool,
 }
 
 /// Cloudinary's Upload API: `CLOUDINARY_URL` (`cloudinary://key:secret@cloud`) or
@@ -370,6 +374,7 @@ impl DeliverySettings {
             public_base_url: public_base_url.trim_end_matches('/').to_owned(),
             cloudinary: CloudinarySettings::from_source(src)?,
             smtp: SmtpSettings::from_source(src)?,
+            keep_logo_bytes: boolean(src, "LOGO_KEEP_AFTER_UPLOAD", false)?,
         })
     }
 }
@@ -804,10 +809,12 @@ mod tests {
         assert_eq!(s.uploads_dir, PathBuf::from(DEFAULT_UPLOADS_DIR));
         assert_eq!(s.outbox_dir, PathBuf::from(DEFAULT_OUTBOX_DIR));
         assert_eq!(s.from.email.to_string(), "noreply@localhost");
+        assert!(!s.keep_logo_bytes, "bytes go with the upload by default");
         let s = settings(
             &[
                 ("SMTP_FROM_EMAIL", "Cup <cup@example.org>"),
                 ("PUBLIC_BASE_URL", "https://cup.example.org/"),
+                ("LOGO_KEEP_AFTER_UPLOAD", "true"),
             ],
             None,
             None,
@@ -816,6 +823,7 @@ mod tests {
         .delivery;
         assert_eq!(s.from.name.as_deref(), Some("Cup"));
         assert_eq!(s.public_base_url, "https://cup.example.org");
+        assert!(s.keep_logo_bytes);
     }
 
     #[test]

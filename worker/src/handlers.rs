@@ -31,6 +31,8 @@ pub struct Services {
     pub storage: Arc<dyn Storage>,
     /// How confirmations are sent.
     pub confirmation: Arc<Confirmation>,
+    /// Keep a logo's bytes after its upload succeeded (`LOGO_KEEP_AFTER_UPLOAD`).
+    pub keep_logo_bytes: bool,
 }
 
 impl Services {
@@ -59,6 +61,7 @@ impl Services {
             pool,
             storage: Arc::new(LocalStorage::new(&delivery.uploads_dir)),
             confirmation: Arc::new(Confirmation::embedded(delivery)),
+            keep_logo_bytes: delivery.keep_logo_bytes,
         }
     }
 }
@@ -132,7 +135,10 @@ impl Handlers {
         let mut h = Handlers::default();
         h.register::<common::jobs::noop::Noop, _, _>(noop::run)?;
         let (pool, storage) = (services.pool.clone(), services.storage.clone());
-        h.register(move |args, ctx| upload_logo::run(args, ctx, pool.clone(), storage.clone()))?;
+        let keep = services.keep_logo_bytes;
+        h.register(move |args, ctx| {
+            upload_logo::run(args, ctx, pool.clone(), storage.clone(), keep)
+        })?;
         let (pool, conf) = (services.pool.clone(), services.confirmation.clone());
         h.register(move |args, ctx| {
             send_confirmation_email::run(args, ctx, pool.clone(), conf.clone())

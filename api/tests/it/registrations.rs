@@ -555,7 +555,7 @@ async fn admins_read_a_team_with_its_players_logo_and_jobs() {
     assert_eq!(jobs[1]["kind"], "send_confirmation_email");
 
     // Once the upload job has run, the URL shows and the bytes are gone.
-    common::registrations::logo_stored(&db.conn().await, "ICCT-001", "/files/icct-001.png")
+    common::registrations::logo_stored(&db.conn().await, "ICCT-001", "/files/icct-001.png", false)
         .await
         .unwrap();
     let detail = json(get("ICCT-001").await).await;

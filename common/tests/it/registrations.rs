@@ -164,7 +164,7 @@ async fn a_stored_logo_sets_the_url_and_drops_the_bytes() {
         }
     );
     assert!(
-        reg::logo_stored(&c, "ICCT-001", "/files/icct-001.png")
+        reg::logo_stored(&c, "ICCT-001", "/files/icct-001.png", false)
             .await
             .unwrap()
     );
@@ -175,7 +175,48 @@ async fn a_stored_logo_sets_the_url_and_drops_the_bytes() {
     let t = reg::team(&c, "ICCT-001").await.unwrap().unwrap();
     assert!(!t.logo_pending);
     assert_eq!(reg::logo(&c, "ICCT-404").await.unwrap(), LogoState::NoTeam);
-    assert!(!reg::logo_stored(&c, "ICCT-404", "/x").await.unwrap());
+    assert!(!reg::logo_stored(&c, "ICCT-404", "/x", false).await.unwrap());
+    let left: i64 = db.scalar("SELECT count(*) FROM team_logos").await;
+    assert_eq!(left, 0, "the bytes went with the upload");
+}
+
+#[tokio::test]
+async fn bytes_kept_after_an_upload_are_not_uploaded_again_and_go_with_the_clean_up() {
+    let db = TestDb::new().await;
+    let c = db.conn().await;
+    let ps = players(1);
+    reg::insert_team(&c, "ICCT", &team("Lions", &ps))
+        .await
+        .unwrap();
+    assert!(
+        reg::logo_stored(&c, "ICCT-001", "/files/icct-001.png", true)
+            .await
+            .unwrap()
+    );
+    // The URL says it is done: a retried upload stores nothing again, and admins see no
+    // logo pending, though the bytes are still there.
+    assert_eq!(
+        reg::logo(&c, "ICCT-001").await.unwrap(),
+        LogoState::Stored(Some("/files/icct-001.png".into()))
+    );
+    assert!(
+        !reg::team(&c, "ICCT-001")
+            .await
+            .unwrap()
+            .unwrap()
+            .logo_pending
+    );
+    let kept: i64 = db.scalar("SELECT count(*) FROM team_logos").await;
+    assert_eq!(kept, 1);
+    // Within the retention they stay; past it (no upload running) the clean-up drops them.
+    let hour = std::time::Duration::from_secs(3600);
+    assert_eq!(reg::prune_logos(&c, hour, 100).await.unwrap(), 0);
+    assert_eq!(
+        reg::prune_logos(&c, std::time::Duration::ZERO, 100)
+            .await
+            .unwrap(),
+        1
+    );
 }
 
 #[tokio::test]

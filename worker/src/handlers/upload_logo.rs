@@ -131,6 +131,7 @@ pub async fn run(
     ctx: JobContext,
     pool: Pool,
     storage: Arc<dyn Storage>,
+    keep_bytes: bool,
 ) -> JobResult {
     let conn = pool
         .get()
@@ -171,7 +172,7 @@ pub async fn run(
         .get()
         .await
         .map_err(|e| JobError::Retry(e.to_string()))?;
-    let found = registrations::logo_stored(&conn, &args.team_id, &url)
+    let found = registrations::logo_stored(&conn, &args.team_id, &url, keep_bytes)
         .await
         .map_err(|e| JobError::Retry(e.to_string()))?;
     if !found {
