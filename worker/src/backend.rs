@@ -18,9 +18,9 @@ use apalis_core::task::Task;
 use apalis_core::task::builder::TaskBuilder;
 use apalis_core::task::task_id::TaskId;
 use apalis_core::worker::context::WorkerContext;
-use common::jobs::KindSpec;
 use common::queue::FetchedJob;
 use common::queue::outcome::{AttemptOutcome, Failure, Outcome};
+use common::retry::RetryPolicy;
 use futures::future::BoxFuture;
 use tokio::sync::{Semaphore, mpsc};
 use tower::{Layer, Service};
@@ -170,7 +170,7 @@ where
         let (id, attempt, max_attempts) = (job.id, job.attempt, job.max_attempts);
         self.layer.metrics.started(job.run_at);
         let kind = job.kind.clone();
-        let spec = self.layer.handlers.spec(&job.kind);
+        let policy = self.layer.handlers.retry_policy(&job.kind);
         let layer = self.layer.clone();
         let started = Instant::now();
         let fut = self.inner.call(task);
@@ -179,7 +179,7 @@ where
             let outcome = match &result {
                 Ok(serde_json::Value::Null) => Outcome::Completed(None),
                 Ok(v) => Outcome::Completed(Some(v.clone())),
-                Err(e) => decide(e.as_ref(), attempt, max_attempts, spec),
+                Err(e) => decide(e.as_ref(), attempt, max_attempts, policy),
             };
             layer.metrics.finished(&kind, &outcome, started.elapsed());
             layer
@@ -197,18 +197,19 @@ where
 }
 
 /// What the queue does after a failed attempt: the handler's own verdict where it gave one;
-/// otherwise a retry with the kind's backoff, or a discard once the attempts are used up.
+/// otherwise a retry with the kind's backoff (`policy`: its `KIND_RETRY` override or the
+/// registry's), or a discard once the attempts are used up.
 pub fn decide(
     err: &(dyn std::error::Error + 'static),
     attempt: i32,
     max_attempts: i32,
-    spec: Option<&KindSpec>,
+    policy: Option<RetryPolicy>,
 ) -> Outcome {
     let retry = |failure: Failure, delay: Option<std::time::Duration>| {
         if attempt >= max_attempts {
             Outcome::Discard(failure)
         } else {
-            let policy = spec.map(|s| s.retry).unwrap_or_default();
+            let policy = policy.unwrap_or_default();
             Outcome::Retry {
                 delay: delay.unwrap_or_else(|| policy.delay(attempt.max(1) as u32)),
                 error: failure,
@@ -261,7 +262,7 @@ mod tests {
 
     #[test]
     fn outcomes_follow_the_handlers_verdict_and_the_attempt_budget() {
-        let spec = common::jobs::kind("noop").ok();
+        let spec = common::jobs::kind("noop").ok().map(|s| s.retry);
         let d = |e: JobError, attempt| decide(&e, attempt, 3, spec);
         assert!(matches!(
             d(JobError::Retry("x".into()), 1),
@@ -286,6 +287,16 @@ mod tests {
         );
         assert!(
             matches!(decide(&JobPanicked("boom".into()), 1, 3, spec), Outcome::Retry { error, .. } if error.kind == "panic")
+        );
+        let exact = RetryPolicy {
+            initial: Duration::from_millis(30),
+            multiplier: 3.0,
+            max: Duration::from_secs(1),
+            jitter: 0.0,
+        };
+        assert!(
+            matches!(decide(&JobError::Retry("x".into()), 2, 3, Some(exact)),
+            Outcome::Retry { delay, .. } if delay == Duration::from_millis(90))
         );
         let other: BoxDynError = "plain".into();
         assert!(

@@ -9,6 +9,7 @@ use common::config::{
     ConfigError, DatabaseSettings, Secret, Source, boolean, millis, parse_or, positive,
 };
 use common::ratelimit::Limit;
+use common::retry::RetryPolicy;
 
 use crate::breaker::{ServiceSettings, ServicesSettings};
 use lettre::message::Mailbox;
@@ -43,6 +44,10 @@ pub struct WorkerSettings {
     /// Per-kind overrides of the registry's attempt timeout (`KIND_TIMEOUTS_MS`,
     /// `kind=ms,kind=ms`).
     pub kind_timeouts: HashMap<String, Duration>,
+    /// Per-kind overrides of the registry's job-level retry backoff (`KIND_RETRY`,
+    /// `kind=initial_ms:multiplier:max_ms[:jitter],...`). Attempt counts are not here: they
+    /// are stored with each job when it is enqueued.
+    pub kind_retries: HashMap<String, RetryPolicy>,
     /// Circuit breakers and rate limits of external services.
     pub services: ServicesSettings,
     /// Where the registration jobs put logos and mail.
@@ -320,6 +325,10 @@ impl WorkerSettings {
             kind_timeouts: match src.get("KIND_TIMEOUTS_MS") {
                 None => HashMap::new(),
                 Some(raw) => parse_kind_timeouts(&raw)?,
+            },
+            kind_retries: match src.get("KIND_RETRY") {
+                None => HashMap::new(),
+                Some(raw) => parse_kind_retries(&raw)?,
             },
             services: services(src)?,
             delivery: DeliverySettings::from_source(src)?,
@@ -722,6 +731,60 @@ fn parse_kind_timeouts(raw: &str) -> Result<HashMap<String, Duration>, ConfigErr
     Ok(out)
 }
 
+/// `upload_logo=500:2:60000,noop=50:1.5:1000:0`: per kind, the first retry's delay in
+/// milliseconds, the multiplier, the cap in milliseconds and optionally the jitter (a
+/// fraction in `[0, 1)`; the kind's own when left out).
+fn parse_kind_retries(raw: &str) -> Result<HashMap<String, RetryPolicy>, ConfigError> {
+    const SHAPE: &str = "kind=initial_ms:multiplier:max_ms[:jitter]";
+    let bad = |message: String| ConfigError::new("KIND_RETRY", message);
+    let mut out = HashMap::new();
+    for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (kind, policy) = part
+            .split_once('=')
+            .ok_or_else(|| bad(format!("{part:?} is not {SHAPE}")))?;
+        let spec = common::jobs::kind(kind.trim()).map_err(|e| bad(format!("{part:?}: {e}")))?;
+        let fields: Vec<&str> = policy.split(':').map(str::trim).collect();
+        if !(3..=4).contains(&fields.len()) {
+            return Err(bad(format!("{part:?} is not {SHAPE}")));
+        }
+        let ms = |raw: &str, what: &str| {
+            raw.parse::<u64>()
+                .ok()
+                .filter(|&ms| ms > 0)
+                .map(Duration::from_millis)
+                .ok_or_else(|| bad(format!("{part:?}: {what} must be a positive integer")))
+        };
+        let initial = ms(fields[0], "initial_ms")?;
+        let multiplier = fields[1]
+            .parse::<f64>()
+            .ok()
+            .filter(|m| m.is_finite() && *m >= 1.0)
+            .ok_or_else(|| bad(format!("{part:?}: multiplier must be a number >= 1")))?;
+        let max = ms(fields[2], "max_ms")?;
+        if max < initial {
+            return Err(bad(format!("{part:?}: max_ms must be >= initial_ms")));
+        }
+        let jitter = match fields.get(3) {
+            None => spec.retry.jitter,
+            Some(raw) => raw
+                .parse::<f64>()
+                .ok()
+                .filter(|j| (0.0..1.0).contains(j))
+                .ok_or_else(|| bad(format!("{part:?}: jitter must be a number in [0, 1)")))?,
+        };
+        let policy = RetryPolicy {
+            initial,
+            multiplier,
+            max,
+            jitter,
+        };
+        if out.insert(spec.name.to_owned(), policy).is_some() {
+            return Err(bad(format!("{:?} is listed twice", spec.name)));
+        }
+    }
+    Ok(out)
+}
+
 /// `email,uploads:4`: queue names, each optionally with its own slot count.
 fn parse_queues(raw: &str, default_slots: usize) -> Result<Vec<(String, usize)>, ConfigError> {
     let mut out: Vec<(String, usize)> = Vec::new();
@@ -1027,6 +1090,71 @@ mod tests {
             let line = err.to_string();
             assert!(
                 line.contains("KIND_TIMEOUTS_MS") && !line.contains('\n'),
+                "{bad}: {line}"
+            );
+        }
+    }
+
+    #[test]
+    fn kind_retries_parse_and_bad_ones_are_named() {
+        let s = settings(
+            &[(
+                "KIND_RETRY",
+                " noop = 50 : 1.5 : 1000 , upload_logo=500:2:60000:0,",
+            )],
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            s.kind_retries,
+            HashMap::from([
+                (
+                    "noop".to_string(),
+                    RetryPolicy {
+                        initial: Duration::from_millis(50),
+                        multiplier: 1.5,
+                        max: Duration::from_secs(1),
+                        jitter: common::jobs::noop::SPEC.retry.jitter,
+                    }
+                ),
+                (
+                    "upload_logo".to_string(),
+                    RetryPolicy {
+                        initial: Duration::from_millis(500),
+                        multiplier: 2.0,
+                        max: Duration::from_secs(60),
+                        jitter: 0.0,
+                    }
+                ),
+            ])
+        );
+        assert!(settings(&[], None, None).unwrap().kind_retries.is_empty());
+        for bad in [
+            "noop",
+            "noop=",
+            "noop=50",
+            "noop=50:2",
+            "noop=50:2:1000:0.1:9",
+            "nope=50:2:1000",
+            "noop=0:2:1000",
+            "noop=-5:2:1000",
+            "noop=soon:2:1000",
+            "noop=50:0.5:1000",
+            "noop=50:NaN:1000",
+            "noop=50:inf:1000",
+            "noop=50:x:1000",
+            "noop=50:2:0",
+            "noop=500:2:100",
+            "noop=50:2:1000:1",
+            "noop=50:2:1000:-0.1",
+            "noop=50:2:1000,noop=60:2:1000",
+        ] {
+            let err = settings(&[("KIND_RETRY", bad)], None, None).unwrap_err();
+            assert_eq!(err.name, "KIND_RETRY", "{bad}: {err}");
+            let line = err.to_string();
+            assert!(
+                line.contains("KIND_RETRY") && !line.contains('\n'),
                 "{bad}: {line}"
             );
         }

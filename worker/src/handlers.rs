@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::jobs::{JobArgs, KINDS, KindSpec};
 use common::queue::FetchedJob;
+use common::retry::RetryPolicy;
 use deadpool_postgres::Pool;
 use futures::future::BoxFuture;
 
@@ -125,6 +126,8 @@ pub struct Handlers {
     by_kind: Arc<HashMap<&'static str, (&'static KindSpec, BoxHandler)>>,
     /// Per-kind timeouts that override the registry's (`KIND_TIMEOUTS_MS`).
     timeouts: Arc<HashMap<String, Duration>>,
+    /// Per-kind retry backoffs that override the registry's (`KIND_RETRY`).
+    retries: Arc<HashMap<String, RetryPolicy>>,
     /// Given to every handler in its context.
     guards: Guards,
 }
@@ -151,6 +154,20 @@ impl Handlers {
     pub fn with_timeouts(mut self, timeouts: HashMap<String, Duration>) -> Self {
         self.timeouts = Arc::new(timeouts);
         self
+    }
+
+    /// Override the job-level retry backoff of the kinds in `retries`; the others keep their
+    /// registry's.
+    pub fn with_retries(mut self, retries: HashMap<String, RetryPolicy>) -> Self {
+        self.retries = Arc::new(retries);
+        self
+    }
+
+    /// The backoff between failed attempts of `kind`: the override if there is one, else the
+    /// spec's.
+    pub fn retry_policy(&self, kind: &str) -> Option<RetryPolicy> {
+        let (spec, _) = self.by_kind.get(kind)?;
+        Some(self.retries.get(spec.name).copied().unwrap_or(spec.retry))
     }
 
     /// Give handlers these guards of external services (by default, guards that allow every
@@ -273,5 +290,23 @@ mod tests {
         )]));
         assert_eq!(h.timeout("noop"), Some(Duration::from_millis(300)));
         assert_eq!(h.timeout("nope"), None);
+    }
+
+    #[test]
+    fn retry_policies_are_overridden_per_kind() {
+        let h = all();
+        let default = common::jobs::noop::SPEC.retry;
+        assert_eq!(h.retry_policy("noop"), Some(default));
+        let fast = RetryPolicy {
+            initial: Duration::from_millis(20),
+            ..default
+        };
+        let h = h.with_retries(HashMap::from([("noop".to_string(), fast)]));
+        assert_eq!(h.retry_policy("noop"), Some(fast));
+        assert_eq!(
+            h.retry_policy("upload_logo"),
+            Some(common::jobs::upload_logo::SPEC.retry)
+        );
+        assert_eq!(h.retry_policy("nope"), None);
     }
 }

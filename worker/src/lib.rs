@@ -65,7 +65,8 @@ pub async fn run(settings: WorkerSettings, stop: CancellationToken) -> anyhow::R
     let sync = settings.synchronous_commit;
     let pool = worker_pool(db, Plans::PerExecution, true)?;
     let handlers = Handlers::all(&Services::new(pool.clone(), &settings.delivery)?)?
-        .with_timeouts(settings.kind_timeouts.clone());
+        .with_timeouts(settings.kind_timeouts.clone())
+        .with_retries(settings.kind_retries.clone());
     let fetch_pool = worker_pool(&sized(n_queues), Plans::Cached, sync)?;
     let outcome_pool = worker_pool(&sized(2), Plans::PerExecution, sync)?;
     // Connect the hot path while migrations run, so the first batch pays for neither.

@@ -1,6 +1,8 @@
 //! A registration end to end through the real binaries: an `api` process takes the form, a
 //! `worker` process stores the logo and mails the captain, both on the test database and on
-//! shared upload and outbox directories, and the API serves the stored logo back.
+//! shared upload and outbox directories, and the API serves the stored logo back; and the
+//! same happy path with the logo going to the fake Cloudinary and the mail to the fake SMTP
+//! server.
 
 use std::time::Duration;
 
@@ -8,7 +10,9 @@ use common::queue::JobState;
 use common::testing::{TempDir, TestDb};
 use serde_json::{Value, json};
 
+use crate::cloudinary::FakeCloudinary;
 use crate::harness::{Api, Process, fast_env, wait_final, with_env};
+use crate::smtp::FakeSmtp;
 
 /// A real 1×1 RGBA PNG (signature, IHDR, IDAT, IEND with their CRCs).
 const PNG: &[u8] = &[
@@ -198,6 +202,135 @@ async fn a_registration_goes_from_the_form_to_the_stored_logo_and_the_mail() {
         db.scalar::<i64>("SELECT count(*) FROM jobs").await,
     ]);
     assert_eq!(counts, json!([1, 2]));
+
+    worker.signal("-TERM");
+    assert_eq!(worker.wait(Duration::from_secs(15)).await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registration_through_the_api_reaches_the_fake_cloudinary_and_smtp_server() {
+    let db = TestDb::new().await;
+    let outbox = TempDir::new("e2e-real-outbox");
+    let cloudinary = FakeCloudinary::start([]).await;
+    let smtp = FakeSmtp::start().await;
+    let api = Api::start(&[
+        ("DATABASE_URL", &db.url),
+        ("ADMIN_USERNAME", "root"),
+        ("ADMIN_PASSWORD", PASSWORD),
+    ])
+    .await;
+    let base = format!("http://127.0.0.1:{}", api.port);
+    let env = cloudinary.env(smtp.env(fast_env(&db.url)));
+    // Set so that a fall-back to the outbox would show (it must stay empty).
+    let env = with_env(env, "MAIL_OUTBOX_DIR", outbox.0.to_str().unwrap());
+    let env = with_env(env, "PUBLIC_BASE_URL", base.as_str());
+    let worker = Process::start(&env, &["--queues", "uploads,email"]);
+
+    let content_type = format!("multipart/form-data; boundary={BOUNDARY}");
+    let posted = api
+        .request(
+            "POST",
+            "/api/v1/registrations",
+            &[("Content-Type", content_type.as_str())],
+            &form(),
+        )
+        .unwrap();
+    assert_eq!(posted.status, 201, "{posted:?}");
+    let body = posted.json();
+    let team_id = body["team_id"].as_str().expect("a team id").to_owned();
+    let jobs: Vec<(i64, String)> = body["jobs"]
+        .as_array()
+        .expect("a list of jobs")
+        .iter()
+        .map(|j| {
+            (
+                j["id"].as_i64().unwrap(),
+                j["kind"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let mut kinds: Vec<&str> = jobs.iter().map(|(_, k)| k.as_str()).collect();
+    kinds.sort();
+    assert_eq!(kinds, ["send_confirmation_email", "upload_logo"], "{body}");
+
+    // Both jobs complete on their first attempt.
+    for (id, kind) in &jobs {
+        let done = wait_final(&db, *id, WAIT).await;
+        assert_eq!(
+            (done.state, done.attempt),
+            (JobState::Completed, 1),
+            "{kind}: {:?}",
+            done.errors
+        );
+        assert!(done.errors.is_empty(), "{kind}: {:?}", done.errors);
+    }
+
+    // Cloudinary: exactly one request, a signed upload the fake checked and accepted, of the
+    // posted bytes.
+    let requests = cloudinary.requests();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!(
+        (requests[0].status, requests[0].refusal.as_deref()),
+        (Some(200), None),
+        "{requests:?}"
+    );
+    let stored = cloudinary.stored();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(stored[0].bytes, PNG, "the fake received the posted logo");
+    assert_eq!(stored[0].public_id, team_id.to_lowercase());
+
+    // The team's logo URL, as the admin sees it, is the fake's secure_url; the bytes are gone.
+    let login = api
+        .request(
+            "POST",
+            "/api/v1/auth/login",
+            &[("Content-Type", "application/json")],
+            json!({"username": "root", "password": PASSWORD})
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap();
+    assert_eq!(login.status, 200, "{login:?}");
+    let bearer = format!("Bearer {}", login.json()["access_token"].as_str().unwrap());
+    let team = api
+        .request(
+            "GET",
+            &format!("/api/v1/registrations/{team_id}"),
+            &[("Authorization", bearer.as_str())],
+            b"",
+        )
+        .unwrap();
+    assert_eq!(team.status, 200, "{team:?}");
+    let detail = team.json();
+    assert_eq!(
+        detail["team"]["logo_url"].as_str(),
+        Some(stored[0].secure_url.as_str()),
+        "{detail}"
+    );
+    assert_eq!(detail["team"]["logo_pending"], false, "{detail}");
+    let left: i64 = db.scalar("SELECT count(*) FROM team_logos").await;
+    assert_eq!(left, 0, "the bytes are dropped once uploaded");
+
+    // SMTP: exactly one message, to the captain, the team id in the subject and both bodies.
+    let messages = smtp.messages();
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    let m = &messages[0];
+    assert_eq!(m.to, ["captain@example.com"], "{m:?}");
+    let subject = m.header("Subject").expect("a subject");
+    assert!(subject.contains(&team_id), "{subject}");
+    let text = m
+        .data
+        .find("Content-Type: text/plain")
+        .expect("a text part");
+    let html = m
+        .data
+        .find("Content-Type: text/html")
+        .expect("an HTML part");
+    assert!(text < html, "text first, then HTML: {}", m.data);
+    assert!(m.data[text..html].contains(&team_id), "{}", m.data);
+    assert!(m.data[html..].contains(&team_id), "{}", m.data);
+    let outboxed = std::fs::read_dir(&outbox.0).map_or(0, |d| d.count());
+    assert_eq!(outboxed, 0, "nothing fell back to the outbox");
 
     worker.signal("-TERM");
     assert_eq!(worker.wait(Duration::from_secs(15)).await, Some(0));

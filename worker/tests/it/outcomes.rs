@@ -153,3 +153,35 @@ async fn permanent_errors_panics_timeouts_snoozes_and_cancels() {
     );
     w.shutdown().await;
 }
+
+#[tokio::test]
+async fn kind_retry_overrides_the_kinds_backoff() {
+    let db = TestDb::new().await;
+    // noop's own backoff starts at 200 ms ±25 %; KIND_RETRY makes it 40 ms with no jitter.
+    let mut env = fast_env(&db.url);
+    env.push(("KIND_RETRY", "noop=40:2:1000:0".into()));
+    let w = InProcess::start(&env, "default", 4);
+    let job = enqueue(
+        &db.conn().await,
+        &NewJob::from_json("noop", json!({"fail_attempts": 1})).unwrap(),
+    )
+    .await
+    .unwrap();
+    let done = wait_final(&db, job.id, Duration::from_secs(20)).await;
+    assert_eq!(
+        (done.state, done.attempt, done.errors.len()),
+        (JobState::Completed, 2, 1),
+        "{:?}",
+        done.errors
+    );
+    // The retry's run_at was set in the statement that recorded the failure.
+    let gap = (done.run_at - done.errors[0].at).num_milliseconds();
+    let default_floor = common::jobs::noop::SPEC.retry.initial.as_secs_f64()
+        * (1.0 - common::jobs::noop::SPEC.retry.jitter)
+        * 1000.0;
+    assert!(
+        gap >= 40 && (gap as f64) < default_floor,
+        "retry scheduled {gap} ms after the failure; want >= 40 and < {default_floor}"
+    );
+    w.shutdown().await;
+}
