@@ -118,18 +118,7 @@ async fn a_registration_goes_from_the_form_to_the_stored_logo_and_the_mail() {
     assert_eq!(std::fs::read(uploads.0.join("icct-001.png")).unwrap(), PNG);
     let left: i64 = db.scalar("SELECT count(*) FROM team_logos").await;
     assert_eq!(left, 0, "the bytes are dropped once stored");
-    let login = api
-        .request(
-            "POST",
-            "/api/v1/auth/login",
-            &[("Content-Type", "application/json")],
-            json!({"username": "root", "password": PASSWORD})
-                .to_string()
-                .as_bytes(),
-        )
-        .unwrap();
-    assert_eq!(login.status, 200, "{login:?}");
-    let bearer = format!("Bearer {}", login.json()["access_token"].as_str().unwrap());
+    let bearer = admin_bearer(&api);
     let team = api
         .request(
             "GET",
@@ -280,18 +269,7 @@ async fn a_registration_through_the_api_reaches_the_fake_cloudinary_and_smtp_ser
     assert_eq!(stored[0].public_id, team_id.to_lowercase());
 
     // The team's logo URL, as the admin sees it, is the fake's secure_url; the bytes are gone.
-    let login = api
-        .request(
-            "POST",
-            "/api/v1/auth/login",
-            &[("Content-Type", "application/json")],
-            json!({"username": "root", "password": PASSWORD})
-                .to_string()
-                .as_bytes(),
-        )
-        .unwrap();
-    assert_eq!(login.status, 200, "{login:?}");
-    let bearer = format!("Bearer {}", login.json()["access_token"].as_str().unwrap());
+    let bearer = admin_bearer(&api);
     let team = api
         .request(
             "GET",
@@ -334,4 +312,20 @@ async fn a_registration_through_the_api_reaches_the_fake_cloudinary_and_smtp_ser
 
     worker.signal("-TERM");
     assert_eq!(worker.wait(Duration::from_secs(15)).await, Some(0));
+}
+
+/// An `Authorization` value for the admin the API created at start-up.
+fn admin_bearer(api: &Api) -> String {
+    let login = api
+        .request(
+            "POST",
+            "/api/v1/auth/login",
+            &[("Content-Type", "application/json")],
+            json!({"username": "root", "password": PASSWORD})
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap();
+    assert_eq!(login.status, 200, "{login:?}");
+    format!("Bearer {}", login.json()["access_token"].as_str().unwrap())
 }

@@ -57,17 +57,7 @@ impl Process {
         let child = Command::new(env!("CARGO_BIN_EXE_worker"))
             .args(args)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .env(
-                "RUST_LOG",
-                std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(if std::env::var("TEST_LOG").is_ok() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
+            .quiet_unless_test_log("RUST_LOG")
             .spawn()
             .expect("spawn worker");
         Process { child }
@@ -227,17 +217,7 @@ impl Api {
             .env("PORT", port.to_string())
             .env("API_HOST", "127.0.0.1")
             .envs(env.iter().copied())
-            .env(
-                "LOG_LEVEL",
-                std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(if std::env::var("TEST_LOG").is_ok() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
+            .quiet_unless_test_log("LOG_LEVEL")
             .spawn()
             .expect("spawn api");
         let api = Api { child, port };
@@ -353,5 +333,27 @@ fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
         }
         out.extend_from_slice(b.get(..size)?);
         b = b.get(size + 2..)?;
+    }
+}
+
+/// Output of the binaries the tests start: silent, unless `TEST_LOG` is set (then it is the
+/// log filter and stderr shows).
+trait QuietUnlessTestLog {
+    /// Set the log filter variable `var` and the child's stdio accordingly.
+    fn quiet_unless_test_log(&mut self, var: &str) -> &mut Self;
+}
+
+impl QuietUnlessTestLog for Command {
+    fn quiet_unless_test_log(&mut self, var: &str) -> &mut Self {
+        let filter = std::env::var("TEST_LOG").ok();
+        let stderr = if filter.is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        };
+        self.env(var, filter.unwrap_or_else(|| "warn".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
     }
 }
