@@ -26,11 +26,7 @@ async fn smtp_down_opens_the_breaker_and_every_email_arrives_once_after() {
     let outbox = TempDir::new("outbox");
     let smtp = FakeSmtp::start().await;
     smtp.stop();
-    let mut ids = Vec::new();
-    for _ in 0..N {
-        let team_id = register(&db).await;
-        ids.push(job(&db, "send_confirmation_email", &team_id).await);
-    }
+    let ids = teams_with_a_job(&db, "send_confirmation_email", N).await;
     let env = smtp.env(with_env(
         fast_env(&db.url),
         "MAIL_OUTBOX_DIR",
@@ -151,11 +147,7 @@ async fn a_burst_of_200_confirmations_to_a_slow_server_arrives_once_each() {
     let outbox = TempDir::new("outbox");
     let smtp = FakeSmtp::start().await;
     smtp.slow(Duration::from_secs(1));
-    let mut ids = Vec::new();
-    for _ in 0..N {
-        let team_id = register(&db).await;
-        ids.push(job(&db, "send_confirmation_email", &team_id).await);
-    }
+    let ids = teams_with_a_job(&db, "send_confirmation_email", N).await;
     let env = smtp.env(with_env(
         fast_env(&db.url),
         "MAIL_OUTBOX_DIR",
@@ -328,11 +320,7 @@ async fn a_cloudinary_rate_limit_of_10_per_5_s_holds_over_40_uploads_from_two_pr
     let db = TestDb::new().await;
     let uploads = TempDir::new("uploads");
     let cloudinary = FakeCloudinary::start([]).await;
-    let mut ids = Vec::new();
-    for _ in 0..N {
-        let team_id = register(&db).await;
-        ids.push(job(&db, "upload_logo", &team_id).await);
-    }
+    let ids = teams_with_a_job(&db, "upload_logo", N).await;
     let env = cloudinary.env(with_env(
         fast_env(&db.url),
         "UPLOADS_DIR",
@@ -525,4 +513,14 @@ fn assert_each_confirmed_once(smtp: &FakeSmtp, jobs: &[i64]) {
             "job {id} has its message"
         );
     }
+}
+
+/// `n` registered teams, each with one job of `kind`; the jobs' ids.
+async fn teams_with_a_job(db: &TestDb, kind: &str, n: usize) -> Vec<i64> {
+    let mut ids = Vec::with_capacity(n);
+    for _ in 0..n {
+        let team_id = register(db).await;
+        ids.push(job(db, kind, &team_id).await);
+    }
+    ids
 }
