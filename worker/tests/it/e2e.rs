@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use crate::cloudinary::FakeCloudinary;
 use crate::harness::{Api, Process, fast_env, wait_final, with_env};
+use crate::registrations::{header_line, the_one_eml};
 use crate::smtp::FakeSmtp;
 
 /// A real 1×1 RGBA PNG (signature, IHDR, IDAT, IEND with their CRCs).
@@ -148,19 +149,8 @@ async fn a_registration_goes_from_the_form_to_the_stored_logo_and_the_mail() {
     assert_eq!(served.body, PNG, "the API serves the posted bytes");
 
     // The mail: one .eml to the captain, the team id in the subject and in both bodies.
-    let files: Vec<_> = std::fs::read_dir(&outbox.0)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    assert_eq!(files.len(), 1, "{files:?}");
-    assert_eq!(files[0].extension().unwrap(), "eml");
-    let eml = std::fs::read_to_string(&files[0]).unwrap();
-    let header = |name: &str| {
-        eml.lines()
-            .find(|l| l.starts_with(&format!("{name}: ")))
-            .unwrap_or_else(|| panic!("no {name} header in {eml}"))
-            .to_owned()
-    };
+    let eml = the_one_eml(&outbox.0);
+    let header = |name: &str| header_line(&eml, name);
     assert!(header("To").contains("captain@example.com"), "{eml}");
     assert_eq!(
         header("Subject"),

@@ -103,19 +103,8 @@ async fn the_logo_is_stored_then_the_captain_is_mailed_with_its_link() {
     assert_eq!(done.state, JobState::Completed, "{:?}", done.errors);
     worker.shutdown().await;
 
-    let files: Vec<_> = std::fs::read_dir(&outbox.0)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    assert_eq!(files.len(), 1, "{files:?}");
-    assert_eq!(files[0].extension().unwrap(), "eml");
-    let eml = std::fs::read_to_string(&files[0]).unwrap();
-    let header = |name: &str| {
-        eml.lines()
-            .find(|l| l.starts_with(&format!("{name}: ")))
-            .unwrap_or_else(|| panic!("no {name} header in {eml}"))
-            .to_owned()
-    };
+    let eml = the_one_eml(&outbox.0);
+    let header = |name: &str| header_line(&eml, name);
     assert!(header("To").contains("captain@example.com"), "{eml}");
     assert!(header("From").contains("noreply@localhost"), "{eml}");
     assert_eq!(
@@ -185,4 +174,23 @@ async fn an_upload_whose_bytes_were_cleaned_up_is_discarded_not_completed() {
         done.errors
     );
     assert_eq!(std::fs::read_dir(&uploads.0).unwrap().count(), 0);
+}
+
+/// The text of the only `.eml` file in `outbox` (there must be exactly one).
+pub(crate) fn the_one_eml(outbox: &std::path::Path) -> String {
+    let files: Vec<_> = std::fs::read_dir(outbox)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(files[0].extension().unwrap(), "eml");
+    std::fs::read_to_string(&files[0]).unwrap()
+}
+
+/// The line of header `name` in the message `eml`.
+pub(crate) fn header_line(eml: &str, name: &str) -> String {
+    eml.lines()
+        .find(|l| l.starts_with(&format!("{name}: ")))
+        .unwrap_or_else(|| panic!("no {name} header in {eml}"))
+        .to_owned()
 }
