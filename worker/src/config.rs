@@ -11,7 +11,7 @@ use common::config::{
 use common::ratelimit::Limit;
 use common::retry::RetryPolicy;
 
-use crate::breaker::{ServiceSettings, ServicesSettings};
+use crate::runtime::breaker::{ServiceSettings, ServicesSettings};
 use lettre::message::Mailbox;
 
 /// Everything a worker process needs to know, validated.
@@ -318,7 +318,7 @@ impl WorkerSettings {
                 logo_retention: Duration::from_secs(3600u64.saturating_mul(positive(
                     src,
                     "LOGO_RETENTION_HOURS",
-                    crate::maintenance::logos::DEFAULT_LOGO_RETENTION_HOURS,
+                    crate::housekeeping::logos::DEFAULT_LOGO_RETENTION_HOURS,
                 )?)),
             },
             periodic,
@@ -576,7 +576,8 @@ fn schedules(
         if all[..i].iter().any(|o| o.name == j.name) {
             return Err(bad("named twice".into()));
         }
-        crate::maintenance::periodic::parse_cron(&j.cron).map_err(|e| bad(e.to_string()))?;
+        crate::runtime::maintenance::periodic::parse_cron(&j.cron)
+            .map_err(|e| bad(e.to_string()))?;
         common::jobs::kind(&j.kind).map_err(|e| bad(e.to_string()))?;
     }
     Ok(all)

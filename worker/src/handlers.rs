@@ -15,8 +15,8 @@ use common::retry::RetryPolicy;
 use deadpool_postgres::Pool;
 use futures::future::BoxFuture;
 
-use crate::breaker::Guards;
 use crate::config::DeliverySettings;
+use crate::runtime::breaker::Guards;
 use send_confirmation_email::Confirmation;
 use send_confirmation_email::smtp::SmtpMailer;
 use upload_logo::cloudinary::Cloudinary;

@@ -61,7 +61,7 @@ async fn migrate(settings: &WorkerSettings) -> anyhow::Result<()> {
 
 async fn serve(settings: WorkerSettings) -> anyhow::Result<()> {
     if let Some(port) = settings.metrics_port {
-        worker::metrics::install(port)
+        worker::runtime::metrics::install(port)
             .map_err(|e| anyhow::anyhow!("cannot serve metrics on METRICS_PORT={port}: {e}"))?;
     }
     let stop = CancellationToken::new();

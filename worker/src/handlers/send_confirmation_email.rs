@@ -18,7 +18,7 @@ use lettre::message::{Mailbox, MultiPart};
 use lettre::{AsyncFileTransport, AsyncTransport, Message, Tokio1Executor};
 
 use super::{JobContext, JobError, JobResult};
-use crate::breaker::Guards;
+use crate::runtime::breaker::Guards;
 
 /// Where mail goes: [`OutboxMailer`] (the embedded default) or [`smtp::SmtpMailer`], chosen
 /// once at start-up.

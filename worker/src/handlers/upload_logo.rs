@@ -17,7 +17,7 @@ use deadpool_postgres::Pool;
 use futures::future::BoxFuture;
 
 use super::{JobContext, JobError, JobResult};
-use crate::breaker::Guards;
+use crate::runtime::breaker::Guards;
 
 /// Where logos go: [`LocalStorage`] (the embedded default) or [`cloudinary::Cloudinary`],
 /// chosen once at start-up.

@@ -13,9 +13,9 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use super::{MailError, Mailer};
-use crate::breaker::Guards;
 use crate::config::{SmtpSettings, SmtpTls};
 use crate::handlers::JobError;
+use crate::runtime::breaker::Guards;
 
 /// The guard name of the SMTP server: its breaker and rate limit.
 pub const SERVICE: &str = "smtp";

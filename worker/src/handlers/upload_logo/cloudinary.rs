@@ -17,9 +17,9 @@ use reqwest::multipart::{Form, Part};
 use sha1::{Digest, Sha1};
 
 use super::{Storage, StorageError};
-use crate::breaker::Guards;
 use crate::config::CloudinarySettings;
 use crate::handlers::JobError;
+use crate::runtime::breaker::Guards;
 
 /// The guard name of Cloudinary: its breaker and rate limit.
 pub const SERVICE: &str = "cloudinary";

@@ -157,7 +157,7 @@ impl Guards {
                 _ => None,
             };
             if let Some(until) = until {
-                crate::metrics::breaker_denied(service);
+                crate::runtime::metrics::breaker_denied(service);
                 return Err(snooze_until(until));
             }
         }
@@ -165,7 +165,7 @@ impl Guards {
             match inner.take(service, limit).await {
                 Ok(Take::Allowed { .. }) => {}
                 Ok(Take::Wait { until }) => {
-                    crate::metrics::rate_limited(service);
+                    crate::runtime::metrics::rate_limited(service);
                     return Err(snooze_until(until));
                 }
                 Err(e) => {
@@ -190,7 +190,7 @@ impl Guards {
         match inner.acquire(service, &settings.breaker).await {
             Ok(Decision::Allowed { probe }) => Ok(self.permit(service, probe)),
             Ok(Decision::Denied { until }) => {
-                crate::metrics::breaker_denied(service);
+                crate::runtime::metrics::breaker_denied(service);
                 Err(snooze_until(until))
             }
             Err(e) => {
@@ -233,7 +233,7 @@ impl Guards {
     }
 
     async fn record(&self, service: &str, call: Call, probe: bool) {
-        crate::metrics::external_call(service, call == Call::Success);
+        crate::runtime::metrics::external_call(service, call == Call::Success);
         if let Some(inner) = &self.inner {
             if call == Call::Success && !probe && inner.count_success(service) {
                 return;
@@ -341,9 +341,9 @@ impl Inner {
             .entry(b.service.clone())
             .or_default()
             .seen = Some(seen);
-        crate::metrics::breaker_state(&b.service, b.state);
+        crate::runtime::metrics::breaker_state(&b.service, b.state);
         if let Some(t) = transition {
-            crate::metrics::breaker_transition(&b.service, t.from, t.to);
+            crate::runtime::metrics::breaker_transition(&b.service, t.from, t.to);
             tracing::warn!(
                 service = %b.service,
                 from = t.from.as_str(),

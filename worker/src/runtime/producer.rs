@@ -14,8 +14,8 @@ use deadpool_postgres::Pool;
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::lease::Held;
-use crate::metrics::QueueMetrics;
+use crate::runtime::lease::Held;
+use crate::runtime::metrics::QueueMetrics;
 
 /// One queue's producer.
 pub struct Producer {

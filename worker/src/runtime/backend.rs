@@ -25,9 +25,9 @@ use futures::future::BoxFuture;
 use tokio::sync::{Semaphore, mpsc};
 use tower::{Layer, Service};
 
-use crate::completer::CompleterHandle;
 use crate::handlers::{Handlers, JobError};
-use crate::metrics::QueueMetrics;
+use crate::runtime::completer::CompleterHandle;
+use crate::runtime::metrics::QueueMetrics;
 
 /// The backend of one queue's apalis worker.
 #[derive(Clone)]

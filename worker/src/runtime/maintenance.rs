@@ -8,8 +8,6 @@
 //! included) while handlers fail. Periodic jobs need no claim: each tick has a unique row.
 
 pub mod counter;
-pub mod keys;
-pub mod logos;
 pub mod periodic;
 pub mod pruner;
 pub mod reaper;
@@ -25,6 +23,7 @@ use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::MaintenanceSettings;
+use crate::housekeeping::{keys, logos};
 
 /// Most rows one pass of the rescuer or the scheduler touches; the next pass takes the rest.
 const PASS_LIMIT: usize = 10_000;
