@@ -53,7 +53,7 @@ async fn main() {
 }
 
 async fn migrate(settings: &WorkerSettings) -> anyhow::Result<()> {
-    let pool = common::db::pool(&settings.database)?;
+    let pool = common::db::pool(&settings.runtime.database)?;
     let n = common::db::migrate(&pool).await?;
     tracing::info!(migrations_applied = n, "migrated");
     Ok(())

@@ -25,9 +25,10 @@ use futures::future::BoxFuture;
 use tokio::sync::{Semaphore, mpsc};
 use tower::{Layer, Service};
 
-use crate::handlers::{Handlers, JobError};
-use crate::runtime::completer::CompleterHandle;
-use crate::runtime::metrics::QueueMetrics;
+use super::completer::CompleterHandle;
+use super::handlers::Handlers;
+use super::job::JobError;
+use super::metrics::QueueMetrics;
 
 /// The backend of one queue's apalis worker.
 #[derive(Clone)]
@@ -262,7 +263,7 @@ mod tests {
 
     #[test]
     fn outcomes_follow_the_handlers_verdict_and_the_attempt_budget() {
-        let spec = common::jobs::kind("noop").ok().map(|s| s.retry);
+        let spec = Some(common::jobs::noop::SPEC.retry);
         let d = |e: JobError, attempt| decide(&e, attempt, 3, spec);
         assert!(matches!(
             d(JobError::Retry("x".into()), 1),

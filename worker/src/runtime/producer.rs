@@ -9,13 +9,135 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::config::{ConfigError, Source, millis, positive};
 use common::queue::{FetchedJob, fetch};
 use deadpool_postgres::Pool;
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::runtime::lease::Held;
-use crate::runtime::metrics::QueueMetrics;
+use super::lease::Held;
+use super::metrics::QueueMetrics;
+
+/// The queues served and how they are fetched.
+#[derive(Debug, Clone)]
+pub struct ProducerSettings {
+    /// The queues served, each with its number of job slots.
+    pub queues: Vec<(String, usize)>,
+    /// Most jobs fetched in one statement.
+    pub fetch_batch: usize,
+    /// How long a fetched job is leased; renewed every third of it while the job runs.
+    pub lease: Duration,
+    /// Fallback poll of each queue when no notification arrives (and the only wake-up in
+    /// polling-only mode).
+    pub poll_interval: Duration,
+}
+
+/// Default `WORKER_CONCURRENCY`: job slots per queue.
+pub const DEFAULT_CONCURRENCY: u64 = 16;
+/// Default `WORKER_FETCH_BATCH`.
+pub const DEFAULT_FETCH_BATCH: u64 = 1000;
+/// Default `WORKER_LEASE_MS`: 30 s, renewed every 10 s, so a killed worker's jobs run again
+/// within about half a minute, while a renewal can miss twice before the lease is lost.
+pub const DEFAULT_LEASE_MS: u64 = 30_000;
+/// Shortest `WORKER_LEASE_MS`: renewed every third, a lease shorter than this would keep the
+/// lease loop busy.
+pub const MIN_LEASE_MS: u64 = 300;
+/// Default `WORKER_POLL_INTERVAL_MS`.
+pub const DEFAULT_POLL_INTERVAL_MS: u64 = 1_000;
+
+impl ProducerSettings {
+    /// Read and validate. `queues` and `concurrency` are the command-line flags, which win over
+    /// `WORKER_QUEUES` and `WORKER_CONCURRENCY`.
+    pub fn from_source(
+        src: &(impl Source + ?Sized),
+        queues: Option<String>,
+        concurrency: Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let concurrency = match concurrency {
+            Some(c) => c
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        "WORKER_CONCURRENCY",
+                        format!("--concurrency {c:?} is not a positive integer"),
+                    )
+                })?,
+            None => positive(src, "WORKER_CONCURRENCY", DEFAULT_CONCURRENCY)?,
+        } as usize;
+        let queues = parse_queues(
+            &queues
+                .or_else(|| src.get("WORKER_QUEUES"))
+                .unwrap_or_else(|| "default".into()),
+            concurrency,
+        )?;
+        let lease = millis(src, "WORKER_LEASE_MS", DEFAULT_LEASE_MS)?;
+        if lease < Duration::from_millis(MIN_LEASE_MS) {
+            return Err(ConfigError::new(
+                "WORKER_LEASE_MS",
+                format!("must be at least {MIN_LEASE_MS}"),
+            ));
+        }
+        Ok(Self {
+            queues,
+            fetch_batch: positive(src, "WORKER_FETCH_BATCH", DEFAULT_FETCH_BATCH)? as usize,
+            lease,
+            poll_interval: millis(src, "WORKER_POLL_INTERVAL_MS", DEFAULT_POLL_INTERVAL_MS)?,
+        })
+    }
+
+    /// Job slots over all queues.
+    pub fn total_concurrency(&self) -> usize {
+        self.queues.iter().map(|(_, n)| n).sum()
+    }
+}
+
+/// `email,uploads:4`: queue names, each optionally with its own slot count.
+fn parse_queues(raw: &str, default_slots: usize) -> Result<Vec<(String, usize)>, ConfigError> {
+    let mut out: Vec<(String, usize)> = Vec::new();
+    for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, slots) = match part.split_once(':') {
+            Some((n, s)) => (
+                n.trim(),
+                s.trim()
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|&s| s > 0)
+                    .ok_or_else(|| {
+                        ConfigError::new(
+                            "WORKER_QUEUES",
+                            format!("{part:?}: slots must be a positive integer"),
+                        )
+                    })?,
+            ),
+            None => (part, default_slots),
+        };
+        let valid = !name.is_empty()
+            && name.len() <= 128
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+        if !valid {
+            return Err(ConfigError::new(
+                "WORKER_QUEUES",
+                format!("{name:?} is not a queue name (letters, digits, _ - .)"),
+            ));
+        }
+        if out.iter().any(|(n, _)| n == name) {
+            return Err(ConfigError::new(
+                "WORKER_QUEUES",
+                format!("{name:?} is listed twice"),
+            ));
+        }
+        out.push((name.to_owned(), slots));
+    }
+    if out.is_empty() {
+        return Err(ConfigError::new("WORKER_QUEUES", "names no queue"));
+    }
+    Ok(out)
+}
 
 /// One queue's producer.
 pub struct Producer {
@@ -98,5 +220,75 @@ impl Producer {
     async fn fetch(&self, limit: usize) -> Result<Vec<FetchedJob>, common::queue::QueueError> {
         let conn = self.pool.get().await?;
         fetch::fetch(&conn, &self.queue, &self.worker, self.lease, limit).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(
+        env: &[(&str, &str)],
+        queues: Option<&str>,
+        conc: Option<&str>,
+    ) -> Result<ProducerSettings, ConfigError> {
+        ProducerSettings::from_source(env, queues.map(Into::into), conc.map(Into::into))
+    }
+
+    #[test]
+    fn flags_win_over_env_and_queues_take_slot_counts() {
+        let s = settings(
+            &[("WORKER_QUEUES", "x"), ("WORKER_CONCURRENCY", "2")],
+            Some("email, uploads:4"),
+            Some("8"),
+        )
+        .unwrap();
+        assert_eq!(
+            s.queues,
+            vec![("email".to_string(), 8), ("uploads".to_string(), 4)]
+        );
+        assert_eq!(s.total_concurrency(), 12);
+        let s = settings(
+            &[("WORKER_QUEUES", "x"), ("WORKER_CONCURRENCY", "2")],
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(s.queues, vec![("x".to_string(), 2)]);
+        let s = settings(&[], None, None).unwrap();
+        assert_eq!(s.queues, vec![("default".to_string(), 16)]);
+        assert_eq!(s.lease, Duration::from_millis(DEFAULT_LEASE_MS));
+    }
+
+    #[test]
+    fn each_bad_setting_is_named() {
+        for (env, queues, conc, name) in [
+            (vec![], Some("a,a"), None, "WORKER_QUEUES"),
+            (vec![], Some("a b"), None, "WORKER_QUEUES"),
+            (vec![], Some("a:0"), None, "WORKER_QUEUES"),
+            (vec![], Some(" , "), None, "WORKER_QUEUES"),
+            (vec![], None, Some("many"), "WORKER_CONCURRENCY"),
+            (
+                vec![("WORKER_CONCURRENCY", "0")],
+                None,
+                None,
+                "WORKER_CONCURRENCY",
+            ),
+            (
+                vec![("WORKER_LEASE_MS", "10")],
+                None,
+                None,
+                "WORKER_LEASE_MS",
+            ),
+            (
+                vec![("WORKER_FETCH_BATCH", "0")],
+                None,
+                None,
+                "WORKER_FETCH_BATCH",
+            ),
+        ] {
+            let err = settings(&env, queues, conc).unwrap_err();
+            assert_eq!(err.name, name, "{err}");
+        }
     }
 }
