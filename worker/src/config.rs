@@ -4,12 +4,12 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::breaker::Policy;
-use common::config::{
+use engine::breaker::Policy;
+use engine::config::{
     ConfigError, DatabaseSettings, Secret, Source, boolean, millis, parse_or, positive,
 };
-use common::ratelimit::Limit;
-use common::retry::RetryPolicy;
+use engine::ratelimit::Limit;
+use engine::retry::RetryPolicy;
 
 use crate::breaker::{ServiceSettings, ServicesSettings};
 use lettre::message::Mailbox;
@@ -31,7 +31,7 @@ pub struct WorkerSettings {
     /// LISTEN for new jobs; off for PgBouncer in transaction mode.
     pub listen: bool,
     /// Whether the worker's own state changes (fetch, outcomes, lease renewals) wait for
-    /// their WAL to reach disk; see `common::db::batch_pool`.
+    /// their WAL to reach disk; see `engine::db::batch_pool`.
     pub synchronous_commit: bool,
     /// How long in-flight jobs may run on after SIGTERM before they are handed back.
     pub shutdown_timeout: Duration,
@@ -265,7 +265,7 @@ impl WorkerSettings {
                 )
             })?,
         };
-        let periodic = schedules(common::jobs::SCHEDULES, configured)?;
+        let periodic = schedules(domain::jobs::SCHEDULES, configured)?;
         Ok(Self {
             database: DatabaseSettings::from_source(src)?,
             queues,
@@ -313,7 +313,7 @@ impl WorkerSettings {
                 idempotency_ttl: Duration::from_secs(positive(
                     src,
                     "IDEMPOTENCY_TTL",
-                    common::registrations::DEFAULT_IDEMPOTENCY_TTL_S,
+                    domain::registrations::DEFAULT_IDEMPOTENCY_TTL_S,
                 )?),
                 logo_retention: Duration::from_secs(3600u64.saturating_mul(positive(
                     src,
@@ -549,7 +549,7 @@ impl SmtpSettings {
 /// The schedules a worker runs: those registered in code, each replaced by a configured one
 /// of the same name, then the other configured ones. Each must parse and name a known kind.
 fn schedules(
-    in_code: &[common::jobs::ScheduleSpec],
+    in_code: &[engine::jobs::ScheduleSpec],
     configured: Vec<PeriodicJob>,
 ) -> Result<Vec<PeriodicJob>, ConfigError> {
     let mut all = Vec::with_capacity(in_code.len() + configured.len());
@@ -577,7 +577,7 @@ fn schedules(
             return Err(bad("named twice".into()));
         }
         crate::maintenance::periodic::parse_cron(&j.cron).map_err(|e| bad(e.to_string()))?;
-        common::jobs::kind(&j.kind).map_err(|e| bad(e.to_string()))?;
+        domain::jobs::kind(&j.kind).map_err(|e| bad(e.to_string()))?;
     }
     Ok(all)
 }
@@ -712,7 +712,7 @@ fn parse_kind_timeouts(raw: &str) -> Result<HashMap<String, Duration>, ConfigErr
         let (kind, ms) = part
             .split_once('=')
             .ok_or_else(|| bad(format!("{part:?} is not kind=milliseconds")))?;
-        let kind = common::jobs::kind(kind.trim())
+        let kind = domain::jobs::kind(kind.trim())
             .map_err(|e| bad(format!("{part:?}: {e}")))?
             .name;
         let ms = ms
@@ -742,7 +742,7 @@ fn parse_kind_retries(raw: &str) -> Result<HashMap<String, RetryPolicy>, ConfigE
         let (kind, policy) = part
             .split_once('=')
             .ok_or_else(|| bad(format!("{part:?} is not {SHAPE}")))?;
-        let spec = common::jobs::kind(kind.trim()).map_err(|e| bad(format!("{part:?}: {e}")))?;
+        let spec = domain::jobs::kind(kind.trim()).map_err(|e| bad(format!("{part:?}: {e}")))?;
         let fields: Vec<&str> = policy.split(':').map(str::trim).collect();
         if !(3..=4).contains(&fields.len()) {
             return Err(bad(format!("{part:?} is not {SHAPE}")));
@@ -960,7 +960,7 @@ mod tests {
 
     #[test]
     fn schedules_registered_in_code_are_run_unless_config_replaces_them() {
-        use common::jobs::ScheduleSpec;
+        use engine::jobs::ScheduleSpec;
         let in_code = [
             ScheduleSpec {
                 name: "nightly",
@@ -1008,7 +1008,7 @@ mod tests {
         .unwrap();
         assert!(schedules(&[], twice).unwrap_err().message.contains("twice"));
         // And the schedules registered today are all valid.
-        schedules(common::jobs::SCHEDULES, vec![]).unwrap();
+        schedules(domain::jobs::SCHEDULES, vec![]).unwrap();
     }
 
     #[test]
@@ -1048,7 +1048,7 @@ mod tests {
         assert_eq!(flaky.breaker.failure_threshold, 7);
         assert_eq!(s.of("other").rate_limit, None);
         let none = settings(&[], None, None).unwrap().services;
-        assert_eq!(none.of("smtp").breaker, common::breaker::Policy::default());
+        assert_eq!(none.of("smtp").breaker, engine::breaker::Policy::default());
         assert_eq!(none.of("cloudinary").rate_limit, None);
 
         for (name, value) in [
@@ -1115,7 +1115,7 @@ mod tests {
                         initial: Duration::from_millis(50),
                         multiplier: 1.5,
                         max: Duration::from_secs(1),
-                        jitter: common::jobs::noop::SPEC.retry.jitter,
+                        jitter: engine::jobs::noop::SPEC.retry.jitter,
                     }
                 ),
                 (

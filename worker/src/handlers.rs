@@ -9,10 +9,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::jobs::{JobArgs, KINDS, KindSpec};
-use common::queue::FetchedJob;
-use common::retry::RetryPolicy;
 use deadpool_postgres::Pool;
+use domain::jobs::KINDS;
+use engine::jobs::{JobArgs, KindSpec};
+use engine::queue::FetchedJob;
+use engine::retry::RetryPolicy;
 use futures::future::BoxFuture;
 
 use crate::breaker::Guards;
@@ -136,7 +137,7 @@ impl Handlers {
     /// Every handler this worker has; one per registered kind.
     pub fn all(services: &Services) -> anyhow::Result<Self> {
         let mut h = Handlers::default();
-        h.register::<common::jobs::noop::Noop, _, _>(noop::run)?;
+        h.register::<engine::jobs::noop::Noop, _, _>(noop::run)?;
         let (pool, storage) = (services.pool.clone(), services.storage.clone());
         let keep = services.keep_logo_bytes;
         h.register(move |args, ctx| {
@@ -198,7 +199,7 @@ impl Handlers {
         F: Fn(A, JobContext) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = JobResult> + Send + 'static,
     {
-        let spec = common::jobs::kind(A::KIND)?;
+        let spec = domain::jobs::kind(A::KIND)?;
         let handler = Arc::new(handler);
         let run: BoxHandler = Arc::new(move |job: FetchedJob, guards: Guards| {
             let handler = handler.clone();
@@ -229,6 +230,7 @@ impl Handlers {
     /// Fail unless every registered kind has a handler.
     pub fn check_complete(&self) -> anyhow::Result<()> {
         let missing: Vec<_> = KINDS
+            .all()
             .iter()
             .map(|k| k.name)
             .filter(|k| !self.by_kind.contains_key(k))
@@ -265,7 +267,7 @@ mod tests {
     use super::*;
 
     fn all() -> Handlers {
-        let pool = common::db::pool(&common::config::DatabaseSettings::for_url(
+        let pool = engine::db::pool(&engine::config::DatabaseSettings::for_url(
             "postgres://localhost/unused",
         ))
         .unwrap();
@@ -277,13 +279,13 @@ mod tests {
     #[test]
     fn every_kind_has_a_handler_and_every_handler_a_kind() {
         let h = all();
-        assert_eq!(h.by_kind.len(), KINDS.len());
+        assert_eq!(h.by_kind.len(), KINDS.all().len());
     }
 
     #[test]
     fn timeouts_are_overridden_per_kind() {
         let h = all();
-        assert_eq!(h.timeout("noop"), Some(common::jobs::noop::SPEC.timeout));
+        assert_eq!(h.timeout("noop"), Some(engine::jobs::noop::SPEC.timeout));
         let h = h.with_timeouts(HashMap::from([(
             "noop".to_string(),
             Duration::from_millis(300),
@@ -295,7 +297,7 @@ mod tests {
     #[test]
     fn retry_policies_are_overridden_per_kind() {
         let h = all();
-        let default = common::jobs::noop::SPEC.retry;
+        let default = engine::jobs::noop::SPEC.retry;
         assert_eq!(h.retry_policy("noop"), Some(default));
         let fast = RetryPolicy {
             initial: Duration::from_millis(20),
@@ -305,7 +307,7 @@ mod tests {
         assert_eq!(h.retry_policy("noop"), Some(fast));
         assert_eq!(
             h.retry_policy("upload_logo"),
-            Some(common::jobs::upload_logo::SPEC.retry)
+            Some(domain::jobs::upload_logo::SPEC.retry)
         );
         assert_eq!(h.retry_policy("nope"), None);
     }

@@ -29,10 +29,10 @@ use apalis_core::error::BoxDynError;
 use apalis_core::monitor::Monitor;
 use apalis_core::task::data::Data;
 use apalis_core::worker::builder::WorkerBuilder;
-use common::config::DatabaseSettings;
-use common::db::{Plans, worker_pool};
-use common::queue::FetchedJob;
-use common::queue::maintenance::WorkerInfo;
+use engine::config::DatabaseSettings;
+use engine::db::{Plans, worker_pool};
+use engine::queue::FetchedJob;
+use engine::queue::maintenance::WorkerInfo;
 use futures::future::try_join_all;
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -53,7 +53,7 @@ pub fn new_worker_id(host: &str) -> String {
 
 /// Run the worker until `stop` is cancelled, then shut down gracefully.
 pub async fn run(settings: WorkerSettings, stop: CancellationToken) -> anyhow::Result<()> {
-    // A pool fit for each kind of statement (`common::db::Plans`). The hot path (fetches;
+    // A pool fit for each kind of statement (`engine::db::Plans`). The hot path (fetches;
     // outcomes and lease renewals) commits without waiting for the WAL flush unless
     // WORKER_SYNCHRONOUS_COMMIT; maintenance, heartbeats and periodic enqueues are durable.
     let db = &settings.database;
@@ -71,7 +71,7 @@ pub async fn run(settings: WorkerSettings, stop: CancellationToken) -> anyhow::R
     let outcome_pool = worker_pool(&sized(2), Plans::PerExecution, sync)?;
     // Connect the hot path while migrations run, so the first batch pays for neither.
     let (applied, fetch_conns, outcome_conns) = tokio::try_join!(
-        async { anyhow::Ok(common::db::migrate(&pool).await?) },
+        async { anyhow::Ok(engine::db::migrate(&pool).await?) },
         connect(&fetch_pool, n_queues),
         connect(&outcome_pool, 1),
     )?;
@@ -89,8 +89,8 @@ pub async fn run(settings: WorkerSettings, stop: CancellationToken) -> anyhow::R
     });
     let worker: Arc<str> = info.id.as_str().into();
     tokio::try_join!(
-        try_join_all(fetch_conns.iter().map(common::queue::fetch::prepare)),
-        try_join_all(outcome_conns.iter().map(common::queue::outcome::prepare)),
+        try_join_all(fetch_conns.iter().map(engine::queue::fetch::prepare)),
+        try_join_all(outcome_conns.iter().map(engine::queue::outcome::prepare)),
     )?;
     drop((fetch_conns, outcome_conns));
 
@@ -151,7 +151,7 @@ pub async fn run(settings: WorkerSettings, stop: CancellationToken) -> anyhow::R
     }
     drop(completer_handle);
     // Registered while the first fetches run: nothing waits on the workers row.
-    common::queue::maintenance::heartbeat(&pool.get().await?, &info, 0).await?;
+    engine::queue::maintenance::heartbeat(&pool.get().await?, &info, 0).await?;
     tracing::info!(worker.id = %worker, queues = ?info.queues, concurrency = info.concurrency, migrations_applied = applied, "worker started");
     if settings.listen {
         tasks.spawn(notifier::run(
@@ -210,7 +210,7 @@ pub async fn run(settings: WorkerSettings, stop: CancellationToken) -> anyhow::R
     services.cancel();
     while tasks.join_next().await.is_some() {}
     if let Ok(conn) = pool.get().await {
-        let _ = common::queue::maintenance::deregister(&conn, &worker).await;
+        let _ = engine::queue::maintenance::deregister(&conn, &worker).await;
     }
     tracing::info!("worker stopped");
     Ok(())
@@ -230,7 +230,7 @@ async fn handback(
     worker: &str,
 ) -> anyhow::Result<u64> {
     let conn = tokio::time::timeout(Duration::from_secs(5), pool.get()).await??;
-    Ok(common::queue::fetch::hand_back(&conn, ids, worker).await?)
+    Ok(engine::queue::fetch::hand_back(&conn, ids, worker).await?)
 }
 
 /// The apalis handler of every queue: run the job's kind.

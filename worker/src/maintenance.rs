@@ -20,8 +20,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::queue::maintenance as sql;
 use deadpool_postgres::Pool;
+use engine::queue::maintenance as sql;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::MaintenanceSettings;

@@ -30,7 +30,7 @@ pub enum DbError {
 pub type Result<T, E = DbError> = std::result::Result<T, E>;
 
 mod embedded {
-    refinery::embed_migrations!("../migrations");
+    refinery::embed_migrations!("../../migrations");
 }
 
 /// The advisory lock key held while migrating ("quayside" in ASCII, as a bigint).

@@ -1,14 +1,14 @@
-//! The registry of job kinds: for each its name, typed args, default queue, attempt budget,
-//! retry policy and timeout.
+//! The job-kind contract: what a kind declares (its name, typed args, default queue, attempt
+//! budget, retry policy and timeout) and [`Kinds`], the registry an application builds from
+//! its kinds and hands to the engine.
 //!
-//! The API checks args against it before it enqueues; the worker maps each kind to a handler
-//! and refuses to start if one is missing. Args structs are a stored format: rows written by
+//! The engine knows no kind but its own diagnostic [`noop`]. The application lists its kinds
+//! in one [`Kinds`]; the API checks args against it before it enqueues, and the worker maps
+//! each kind to a handler and refuses to start if one is missing. Args structs are a stored format: rows written by
 //! today's API are read by tomorrow's worker, so new fields get serde defaults and a kind is
 //! never renamed in place.
 
 pub mod noop;
-pub mod send_confirmation_email;
-pub mod upload_logo;
 
 use std::time::Duration;
 
@@ -40,6 +40,8 @@ pub enum ArgsError {
 pub trait JobArgs: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// The kind's registered name; never renamed once jobs of it exist.
     const KIND: &'static str;
+    /// The kind's defaults; its `name` is [`Self::KIND`].
+    const SPEC: KindSpec;
 
     /// Check values serde cannot (ranges, formats).
     fn validate(&self) -> Result<(), ArgsError> {
@@ -70,9 +72,6 @@ pub fn check_args<A: JobArgs>(args: &serde_json::Value) -> Result<(), ArgsError>
     parsed.validate()
 }
 
-/// Every registered kind.
-pub static KINDS: &[KindSpec] = &[noop::SPEC, upload_logo::SPEC, send_confirmation_email::SPEC];
-
 /// A periodic job registered in code. Every worker enqueues it on its schedule, once per tick
 /// across the cluster, beside the schedules of `PERIODIC_JOBS` (which replace one of the same
 /// name, so an operator can change or silence a built-in schedule without a deploy).
@@ -88,29 +87,76 @@ pub struct ScheduleSpec {
     pub args: &'static str,
 }
 
-/// Every periodic job registered in code. None yet: the first ones come with the kinds that
-/// need them (the forecast runs). The clean-up of abandoned logo bytes is a maintenance pass
-/// instead (`worker::maintenance::logos` says why).
-pub static SCHEDULES: &[ScheduleSpec] = &[];
+/// The registry of an application's job kinds, checked once when it is built: names are
+/// unique.
+#[derive(Debug, Clone, Copy)]
+pub struct Kinds {
+    specs: &'static [KindSpec],
+}
 
-/// The kind named `name`.
-pub fn kind(name: &str) -> Result<&'static KindSpec, ArgsError> {
-    KINDS
-        .iter()
-        .find(|k| k.name == name)
-        .ok_or_else(|| ArgsError::UnknownKind(name.to_owned()))
+impl Kinds {
+    /// The registry of `specs`. Panics (at compile time, in a `const`) on a duplicate name.
+    pub const fn new(specs: &'static [KindSpec]) -> Self {
+        let mut i = 0;
+        while i < specs.len() {
+            let mut j = i + 1;
+            while j < specs.len() {
+                assert!(
+                    !const_str_eq(specs[i].name, specs[j].name),
+                    "a job kind is registered twice"
+                );
+                j += 1;
+            }
+            i += 1;
+        }
+        Kinds { specs }
+    }
+
+    /// The kind named `name`.
+    pub fn get(&self, name: &str) -> Result<&'static KindSpec, ArgsError> {
+        self.specs
+            .iter()
+            .find(|k| k.name == name)
+            .ok_or_else(|| ArgsError::UnknownKind(name.to_owned()))
+    }
+
+    /// Every kind, in registration order.
+    pub fn all(&self) -> &'static [KindSpec] {
+        self.specs
+    }
+}
+
+const fn const_str_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const KINDS: Kinds = Kinds::new(&[noop::SPEC]);
+
+    fn kind(name: &str) -> Result<&'static KindSpec, ArgsError> {
+        KINDS.get(name)
+    }
+
     #[test]
-    fn kind_names_are_unique() {
-        let mut names: Vec<_> = KINDS.iter().map(|k| k.name).collect();
-        names.sort_unstable();
-        names.dedup();
-        assert_eq!(names.len(), KINDS.len());
+    fn duplicate_kind_names_are_caught() {
+        assert!(!const_str_eq("noop", "noo"));
+        assert!(const_str_eq("noop", "noop"));
+        let twice = std::panic::catch_unwind(|| Kinds::new(&[noop::SPEC, noop::SPEC]));
+        assert!(twice.is_err());
     }
 
     #[test]
@@ -146,26 +192,5 @@ mod tests {
                 ..
             })
         ));
-    }
-
-    #[test]
-    fn team_kinds_take_a_team_id_and_ignore_unknown_fields() {
-        for name in ["upload_logo", "send_confirmation_email"] {
-            let k = kind(name).unwrap();
-            assert!((k.check)(&serde_json::json!({"team_id": "ICCT-001"})).is_ok());
-            // A newer API may add fields; this worker must still read the row.
-            assert!((k.check)(&serde_json::json!({"team_id": "ICCT-001", "later": 1})).is_ok());
-            assert!(matches!(
-                (k.check)(&serde_json::json!({})),
-                Err(ArgsError::Shape(_))
-            ));
-            assert!(matches!(
-                (k.check)(&serde_json::json!({"team_id": "../etc"})),
-                Err(ArgsError::Invalid {
-                    field: "team_id",
-                    ..
-                })
-            ));
-        }
     }
 }

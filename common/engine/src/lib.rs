@@ -1,21 +1,17 @@
-//! What `api`, `worker` and `ops` share: settings, the database pool and migrations, the job
-//! queue (enqueue, the job model and its states, the statements workers run), the registry of
-//! job kinds, retry policies, the circuit breakers and rate limits of external services, and the private PostgreSQL cluster that `ops` and the tests start.
+//! The queue engine: typed settings primitives, the database pool and migrations, the job
+//! queue (enqueue, the job model and its states, the statements workers run), the job-kind
+//! contract and its registry type, retry policies, and the circuit breakers and rate limits
+//! that guard calls to external services.
 //!
-//! **Architecture invariant:** this crate knows PostgreSQL and serde; it never imports poem,
-//! apalis, reqwest or lettre.
+//! **Architecture invariants:** this crate knows PostgreSQL and serde; it never imports poem,
+//! apalis, reqwest or lettre, and it knows nothing of the application (teams, accounts,
+//! Cloudinary, SMTP): an application hands it its kinds as a [`jobs::Kinds`].
 #![warn(missing_docs)]
 
-pub mod accounts;
-pub mod audit;
 pub mod breaker;
-pub mod cluster;
 pub mod config;
 pub mod db;
 pub mod jobs;
 pub mod queue;
 pub mod ratelimit;
-pub mod registrations;
 pub mod retry;
-#[cfg(feature = "testing")]
-pub mod testing;

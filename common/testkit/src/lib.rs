@@ -1,5 +1,6 @@
-//! Test helpers: a fresh, migrated database per test on a throwaway PostgreSQL cluster, and
-//! waiting on the database with a deadline.
+//! Development infrastructure and the support every test shares: a private PostgreSQL
+//! [`cluster`] from the system's binaries (for `ops` and the tests), a fresh, migrated
+//! database per test on a throwaway cluster, and waiting on the database with a deadline.
 //!
 //! One cluster serves a whole test run, also when the runner uses one process per test
 //! (nextest): the first process starts it under a file lock in the temp dir, keyed by
@@ -7,6 +8,10 @@
 //! detached watchdog stops and removes it when the run's process (nextest itself, or the test
 //! binary) exits. Migrations run once, into a template database that every test clones. With
 //! `DATABASE_URL` set, that server is used instead of a private cluster.
+
+#![warn(missing_docs)]
+
+pub mod cluster;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -18,8 +23,8 @@ use deadpool_postgres::Pool;
 use tokio::sync::OnceCell;
 
 use crate::cluster::{Cluster, Durability};
-use crate::config::DatabaseSettings;
-use crate::db;
+use engine::config::DatabaseSettings;
+use engine::db;
 
 const TEMPLATE: &str = "quayside_template";
 

@@ -11,9 +11,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::jobs::upload_logo::UploadLogo;
-use common::registrations::{self, LogoState};
 use deadpool_postgres::Pool;
+use domain::jobs::upload_logo::UploadLogo;
+use domain::registrations::{self, LogoState};
 use futures::future::BoxFuture;
 
 use super::{JobContext, JobError, JobResult};

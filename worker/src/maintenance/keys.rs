@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use common::registrations::prune_keys;
 use deadpool_postgres::Client;
+use domain::registrations::prune_keys;
 
 /// Most records one statement deletes: a short lock, and a pass that ends soon.
 const KEYS_BATCH: usize = 10_000;
@@ -36,7 +36,7 @@ mod tests {
 
     use crate::config::WorkerSettings;
 
-    fn ttl(env: &[(&str, &str)]) -> Result<Duration, common::config::ConfigError> {
+    fn ttl(env: &[(&str, &str)]) -> Result<Duration, engine::config::ConfigError> {
         let mut all = vec![("DATABASE_URL", "postgres://u@localhost/db")];
         all.extend_from_slice(env);
         WorkerSettings::from_source(&all[..], None, None).map(|s| s.maintenance.idempotency_ttl)

@@ -6,7 +6,7 @@
 //! job), this pass drops them `LOGO_RETENTION_HOURS` after the later of the registration and
 //! the last upload's end, so an operator has that long to retry an upload. Bytes whose team has
 //! an unfinished `upload_logo` job are never touched (the rule is on
-//! `common::registrations::prune_logos`).
+//! `domain::registrations::prune_logos`).
 //!
 //! Why a maintenance pass and not a periodic job kind: it is one bounded statement with nothing
 //! to retry or call, it must run whatever queues a deployment's workers serve (a periodic job
@@ -15,8 +15,8 @@
 
 use std::time::Duration;
 
-use common::registrations::prune_logos;
 use deadpool_postgres::Client;
+use domain::registrations::prune_logos;
 
 /// Default `LOGO_RETENTION_HOURS`: a week, as `JOB_RETENTION_HOURS`, so an abandoned upload's
 /// job and its bytes go about together.
@@ -54,7 +54,7 @@ mod tests {
 
     use crate::config::WorkerSettings;
 
-    fn retention(env: &[(&str, &str)]) -> Result<Duration, common::config::ConfigError> {
+    fn retention(env: &[(&str, &str)]) -> Result<Duration, engine::config::ConfigError> {
         let mut all = vec![("DATABASE_URL", "postgres://u@localhost/db")];
         all.extend_from_slice(env);
         WorkerSettings::from_source(&all[..], None, None).map(|s| s.maintenance.logo_retention)

@@ -6,10 +6,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use common::queue::NewJob;
-use common::queue::maintenance::enqueue_tick;
 use croner::Cron;
 use deadpool_postgres::Pool;
+use engine::queue::NewJob;
+use engine::queue::maintenance::enqueue_tick;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::PeriodicJob;
@@ -59,7 +59,7 @@ pub async fn run(pool: Pool, schedules: Vec<PeriodicJob>, stop: CancellationToke
 
 async fn enqueue(pool: &Pool, s: &PeriodicJob, tick: DateTime<Utc>) -> anyhow::Result<()> {
     let mut conn = pool.get().await?;
-    let mut job = NewJob::from_json(&s.kind, s.args.clone())?;
+    let mut job = NewJob::from_json(domain::jobs::kind(&s.kind)?, s.args.clone())?;
     job.opts.unique_key = Some(format!("cron:{}:{}", s.name, tick.timestamp()));
     job.opts.meta.insert(
         "periodic".into(),

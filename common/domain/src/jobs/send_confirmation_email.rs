@@ -6,8 +6,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::upload_logo::team_id_ok;
-use super::{ArgsError, JobArgs, KindSpec, check_args};
-use crate::retry::RetryPolicy;
+use engine::jobs::{ArgsError, JobArgs, KindSpec, check_args};
+use engine::retry::RetryPolicy;
 
 /// The args of a `send_confirmation_email` job. A stored format: fields added later get serde
 /// defaults, and unknown fields are ignored so an older worker can read a newer row.
@@ -19,6 +19,7 @@ pub struct SendConfirmationEmail {
 
 impl JobArgs for SendConfirmationEmail {
     const KIND: &'static str = "send_confirmation_email";
+    const SPEC: KindSpec = SPEC;
 
     fn validate(&self) -> Result<(), ArgsError> {
         team_id_ok(&self.team_id)

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ArgsError, JobArgs, KindSpec, check_args};
 use crate::registrations::is_team_id;
-use crate::retry::RetryPolicy;
+use engine::jobs::{ArgsError, JobArgs, KindSpec, check_args};
+use engine::retry::RetryPolicy;
 
 /// The args of an `upload_logo` job. A stored format: fields added later get serde defaults,
 /// and unknown fields are ignored so an older worker can read a newer row.
@@ -19,6 +19,7 @@ pub struct UploadLogo {
 
 impl JobArgs for UploadLogo {
     const KIND: &'static str = "upload_logo";
+    const SPEC: KindSpec = SPEC;
 
     fn validate(&self) -> Result<(), ArgsError> {
         team_id_ok(&self.team_id)

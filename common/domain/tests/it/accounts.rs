@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use common::accounts::{self, Role, Rotation};
-use common::testing::TestDb;
+use domain::accounts::{self, Role, Rotation};
+use testkit::TestDb;
 
 const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
 const DAY: Duration = Duration::from_secs(86_400);

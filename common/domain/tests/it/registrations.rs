@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
-use common::queue::{NewJob, admin, enqueue};
-use common::registrations::{
+use domain::registrations::{
     self as reg, LogoState, NewLogo, NewTeam, Player, REGISTRATION_SCOPE as SCOPE,
 };
-use common::testing::TestDb;
+use engine::queue::{NewJob, admin, enqueue};
+use testkit::TestDb;
 
 const PNG: &[u8] = b"\x89PNG\r\n\x1a\nfake";
 
@@ -385,7 +385,11 @@ async fn keys_are_pruned_oldest_first_in_bounded_batches() {
 /// An `upload_logo` job of `team_id` in `state`, finished `hours_ago` if final.
 async fn upload_job(db: &TestDb, team_id: &str, state: &str, hours_ago: i32) -> i64 {
     let c = db.conn().await;
-    let job = NewJob::from_json("upload_logo", serde_json::json!({ "team_id": team_id })).unwrap();
+    let job = NewJob::from_json(
+        &domain::jobs::upload_logo::SPEC,
+        serde_json::json!({ "team_id": team_id }),
+    )
+    .unwrap();
     let id = enqueue(&c, &job).await.unwrap().id;
     c.execute(
         "UPDATE jobs SET state = $2::text::job_state,
@@ -447,7 +451,7 @@ async fn logo_bytes_go_only_once_no_upload_can_use_them() {
     let retried: i64 = db
         .scalar("SELECT max(id) FROM jobs WHERE args->>'team_id' = 'ICCT-010'")
         .await;
-    assert!(common::queue::control::retry(&c, retried).await.unwrap());
+    assert!(engine::queue::control::retry(&c, retried).await.unwrap());
 
     let pending = || async {
         let rows = db

@@ -56,6 +56,7 @@ const MAX_MS: u64 = 86_400_000;
 
 impl JobArgs for Noop {
     const KIND: &'static str = "noop";
+    const SPEC: KindSpec = SPEC;
 
     fn validate(&self) -> Result<(), ArgsError> {
         for (field, v) in [("sleep_ms", self.sleep_ms), ("snooze_ms", self.snooze_ms)] {

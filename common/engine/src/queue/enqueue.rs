@@ -12,7 +12,7 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 
 use super::job::JobState;
 use super::{QueueError, Result};
-use crate::jobs::{self, JobArgs};
+use crate::jobs::{ArgsError, JobArgs, KindSpec};
 
 /// Batches at least this large, without unique keys, go through binary `COPY`; smaller ones
 /// through one multi-row `INSERT`. Around a few hundred rows COPY's extra round trip (the id
@@ -24,6 +24,8 @@ pub const COPY_THRESHOLD: usize = 500;
 pub struct NewJob {
     kind: String,
     args: serde_json::Value,
+    /// The kind's defaults, when the job was made from its spec.
+    spec: Option<KindSpec>,
     /// Queue, priority, schedule and the rest.
     pub opts: JobOptions,
 }
@@ -51,23 +53,30 @@ impl NewJob {
     /// A job of a registered kind from typed args, checked by the kind's `validate`.
     pub fn new<A: JobArgs>(args: &A) -> Result<Self> {
         args.validate()?;
-        let args = serde_json::to_value(args).map_err(|e| jobs::ArgsError::Shape(e.to_string()))?;
-        Ok(Self::unchecked(A::KIND, args))
+        let args = serde_json::to_value(args).map_err(|e| ArgsError::Shape(e.to_string()))?;
+        Ok(Self {
+            spec: Some(A::SPEC),
+            ..Self::unchecked(A::KIND, args)
+        })
     }
 
-    /// A job from a kind name and JSON args, checked against the registry (the API's path).
-    pub fn from_json(kind: &str, args: serde_json::Value) -> Result<Self> {
-        let spec = jobs::kind(kind)?;
+    /// A job of the kind `spec` from JSON args, checked by the kind (the API's path, after it
+    /// found the kind in the application's registry).
+    pub fn from_json(spec: &KindSpec, args: serde_json::Value) -> Result<Self> {
         (spec.check)(&args)?;
-        Ok(Self::unchecked(spec.name, args))
+        Ok(Self {
+            spec: Some(*spec),
+            ..Self::unchecked(spec.name, args)
+        })
     }
 
-    /// A job whose kind and args are not checked: for tests and tools that must write what a
-    /// newer or older deploy might have written.
+    /// A job whose kind and args are not checked, and which takes no kind's defaults: for
+    /// tests and tools that must write what a newer or older deploy might have written.
     pub fn unchecked(kind: &str, args: serde_json::Value) -> Self {
         Self {
             kind: kind.to_owned(),
             args,
+            spec: None,
             opts: JobOptions::default(),
         }
     }
@@ -85,7 +94,7 @@ impl NewJob {
 
     /// Options resolved against the kind's defaults, and checked.
     fn resolve(&self) -> Result<Resolved<'_>> {
-        let spec = jobs::kind(&self.kind).ok();
+        let spec = self.spec.as_ref();
         let queue = self
             .opts
             .queue

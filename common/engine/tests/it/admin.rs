@@ -1,8 +1,8 @@
 //! Operator reads and bulk actions (`queue::admin`).
 
-use common::queue::admin::{self, JobFilter, QueueDepth};
-use common::queue::{JobState, control, enqueue};
-use common::testing::TestDb;
+use engine::queue::admin::{self, JobFilter, QueueDepth};
+use engine::queue::{JobState, control, enqueue};
+use testkit::TestDb;
 
 use crate::support::{job, unique_job};
 
@@ -50,7 +50,7 @@ async fn finish(db: &TestDb, id: i64, state: &str) {
         .unwrap();
 }
 
-fn tagged(queue: &str, n: i64, tag: &str) -> common::queue::NewJob {
+fn tagged(queue: &str, n: i64, tag: &str) -> engine::queue::NewJob {
     let mut j = job(queue, n);
     j.opts.tags = vec![tag.to_owned()];
     j
@@ -210,14 +210,14 @@ async fn queue_stats_report_counts_pause_age_and_throughput() {
 async fn workers_are_listed_as_they_reported() {
     let db = TestDb::new().await;
     let conn = db.conn().await;
-    let w = common::queue::maintenance::WorkerInfo {
+    let w = engine::queue::maintenance::WorkerInfo {
         id: "w-1".into(),
         host: "h".into(),
         pid: 42,
         queues: vec!["email".into()],
         concurrency: 8,
     };
-    common::queue::maintenance::heartbeat(&conn, &w, 3)
+    engine::queue::maintenance::heartbeat(&conn, &w, 3)
         .await
         .unwrap();
     let listed = admin::list_workers(&conn).await.unwrap();
@@ -232,38 +232,4 @@ async fn workers_are_listed_as_they_reported() {
         ("w-1", 42, 3, 8)
     );
     assert_eq!(listed[0].queues, ["email"]);
-}
-
-#[tokio::test]
-async fn the_audit_log_reads_newest_first() {
-    let db = TestDb::new().await;
-    let conn = db.conn().await;
-    for (i, action) in ["job.retry", "queue.pause", "job.retry"].iter().enumerate() {
-        common::audit::record(
-            &conn,
-            &common::audit::NewEntry {
-                actor: "user:alice",
-                action,
-                target: Some(format!("job:{i}")),
-                filter: None,
-                count: 1,
-                request_id: Some("r".into()),
-            },
-        )
-        .await
-        .unwrap();
-    }
-    let all = common::audit::list(&conn, None, None, None, 10)
-        .await
-        .unwrap();
-    assert_eq!(all.len(), 3);
-    assert_eq!(all[0].target.as_deref(), Some("job:2"));
-    let retries = common::audit::list(&conn, None, Some("job.retry"), None, 10)
-        .await
-        .unwrap();
-    assert_eq!(retries.len(), 2);
-    let older = common::audit::list(&conn, Some(all[0].id), None, None, 1)
-        .await
-        .unwrap();
-    assert_eq!(older[0].id, all[1].id);
 }

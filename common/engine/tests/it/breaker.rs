@@ -3,10 +3,10 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use common::breaker::{self, Call, Decision, Force, Forced, Policy, State};
-use common::ratelimit::{self, Limit, Take};
-use common::testing::TestDb;
+use engine::breaker::{self, Call, Decision, Force, Forced, Policy, State};
+use engine::ratelimit::{self, Limit, Take};
 use futures::future::join_all;
+use testkit::TestDb;
 
 fn policy(probes: u32) -> Policy {
     Policy {

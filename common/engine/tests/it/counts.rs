@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::queue::counts::{self, QueueDepth};
-use common::queue::outcome::{self, AttemptOutcome, Failure, Outcome};
-use common::queue::{control, enqueue, enqueue_many, fetch};
-use common::testing::TestDb;
+use engine::queue::counts::{self, QueueDepth};
+use engine::queue::outcome::{self, AttemptOutcome, Failure, Outcome};
+use engine::queue::{control, enqueue, enqueue_many, fetch};
+use testkit::TestDb;
 
 use crate::support::{job, pool_of};
 

@@ -1,8 +1,8 @@
 //! Enqueue inside the caller's transaction: the caller's rows and the job commit or roll back
 //! together.
 
-use common::queue::{JobState, control, enqueue};
-use common::testing::TestDb;
+use engine::queue::{JobState, control, enqueue};
+use testkit::TestDb;
 
 use crate::support::job;
 

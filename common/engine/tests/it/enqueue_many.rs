@@ -4,9 +4,9 @@
 use std::collections::HashMap;
 
 use chrono::{Duration, Utc};
-use common::queue::enqueue::COPY_THRESHOLD;
-use common::queue::{enqueue, enqueue_many};
-use common::testing::TestDb;
+use engine::queue::enqueue::COPY_THRESHOLD;
+use engine::queue::{enqueue, enqueue_many};
+use testkit::TestDb;
 
 use crate::support::{job, timed_job, unique_job};
 

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use common::queue::fetch::fetch;
-use common::queue::{JobState, control, enqueue};
-use common::testing::TestDb;
+use engine::queue::fetch::fetch;
+use engine::queue::{JobState, control, enqueue};
+use testkit::TestDb;
 
 use crate::support::{job, timed_job};
 
@@ -28,7 +28,7 @@ async fn fetches_by_priority_then_run_at_within_the_limit() {
     let conn = db.conn().await;
     let q: Arc<str> = "orders".into();
     let ago = |mins| Utc::now() - chrono::Duration::minutes(mins);
-    let id = |r: common::queue::Enqueued| r.id;
+    let id = |r: engine::queue::Enqueued| r.id;
 
     let p9_oldest = id(enqueue(&conn, &timed_job("orders", 1, 9, ago(10)))
         .await
@@ -156,7 +156,7 @@ fn seq_scans_on_jobs(nodes: &[serde_json::Value]) -> usize {
         .count()
 }
 
-/// The fetch statement, `common::queue::fetch::FETCH`, read from its source so that this test
+/// The fetch statement, `engine::queue::fetch::FETCH`, read from its source so that this test
 /// always plans the statement the workers run.
 fn fetch_statement() -> &'static str {
     const SRC: &str = include_str!("../../src/queue/fetch.rs");

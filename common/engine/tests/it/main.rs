@@ -1,7 +1,6 @@
-//! Integration tests of `common` against a real PostgreSQL: each test gets a fresh, migrated
+//! Integration tests of `engine` against a real PostgreSQL: each test gets a fresh, migrated
 //! database (`TestDb`) on the run's private cluster. One binary; a module per feature.
 
-mod accounts;
 mod admin;
 mod breaker;
 mod counts;
@@ -11,6 +10,5 @@ mod fetch;
 mod maintenance;
 mod migrate;
 mod notify;
-mod registrations;
 mod support;
 mod unique;

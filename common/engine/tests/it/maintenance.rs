@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::queue::maintenance::{self, Rescued};
-use common::queue::{AttemptError, JobState, control};
-use common::testing::TestDb;
+use engine::queue::maintenance::{self, Rescued};
+use engine::queue::{AttemptError, JobState, control};
+use testkit::TestDb;
 use tokio::sync::Barrier;
 
 use crate::support::pool_of;

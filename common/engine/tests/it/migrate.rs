@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use common::db;
-use common::testing::TestDb;
+use engine::db;
+use testkit::TestDb;
 use tokio::sync::Barrier;
 
 use crate::support::{connect, pool_of, url_of_database};

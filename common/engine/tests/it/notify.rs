@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use common::queue::{NOTIFY_CHANNEL, enqueue, enqueue_many};
-use common::testing::TestDb;
+use engine::queue::{NOTIFY_CHANNEL, enqueue, enqueue_many};
 use futures::StreamExt;
+use testkit::TestDb;
 use tokio::sync::mpsc;
 use tokio_postgres::AsyncMessage;
 

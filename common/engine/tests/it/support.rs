@@ -1,9 +1,9 @@
 //! Small helpers shared by the test modules.
 
 use chrono::{DateTime, Utc};
-use common::config::DatabaseSettings;
-use common::queue::{JobOptions, NewJob};
 use deadpool_postgres::Pool;
+use engine::config::DatabaseSettings;
+use engine::queue::{JobOptions, NewJob};
 
 /// A `noop` job for `queue` with args `{"n": n}`, options otherwise default.
 pub fn job(queue: &str, n: i64) -> NewJob {
@@ -32,7 +32,7 @@ pub fn timed_job(queue: &str, n: i64, priority: i16, run_at: DateTime<Utc>) -> N
 pub fn pool_of(url: &str, size: usize) -> Pool {
     let mut settings = DatabaseSettings::for_url(url);
     settings.pool_size = size;
-    common::db::pool(&settings).expect("pool")
+    engine::db::pool(&settings).expect("pool")
 }
 
 /// The URL of `database` on the server of `url`.

@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use common::queue::enqueue;
-use common::testing::TestDb;
+use engine::queue::enqueue;
+use testkit::TestDb;
 use tokio::sync::Barrier;
 
 use crate::support::{pool_of, unique_job};
