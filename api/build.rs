@@ -1,6 +1,12 @@
 //! Record the git commit the API is built from (`/status`): `GIT_COMMIT` from the build
 //! environment (CI without a checkout), else `git rev-parse HEAD`, else nothing ("unknown").
+//!
+//! Cargo counts a watched path that does not exist as changed, so a build with nothing
+//! changed would rebuild the API every time. Only paths that exist are watched: `HEAD`
+//! (branch switches), the `refs/heads` folder (a new loose ref as a commit lands; cargo scans
+//! a folder for any newer file) and `packed-refs` where there is one (`git pack-refs`, `gc`).
 
+use std::path::Path;
 use std::process::Command;
 
 fn main() {
@@ -12,16 +18,12 @@ fn main() {
     if let Some(commit) = commit {
         println!("cargo:rustc-env=QUAYSIDE_GIT_COMMIT={commit}");
     }
-    // Rebuild when HEAD moves: the HEAD file (branch switch) and the branch's ref (commit).
-    for path in ["HEAD", "packed-refs"] {
-        if let Some(p) = git(&["rev-parse", "--git-path", path]) {
+    for path in ["HEAD", "refs/heads", "packed-refs"] {
+        if let Some(p) = git(&["rev-parse", "--git-path", path])
+            && Path::new(&p).exists()
+        {
             println!("cargo:rerun-if-changed={p}");
         }
-    }
-    if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"])
-        && let Some(p) = git(&["rev-parse", "--git-path", &branch])
-    {
-        println!("cargo:rerun-if-changed={p}");
     }
 }
 

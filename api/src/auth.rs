@@ -2,7 +2,7 @@
 //! HS256 with `SECRET_KEY`), refresh tokens and API keys (random, stored as SHA-256), the
 //! password policy, and the security schemes every protected operation declares.
 //!
-//! The SQL is in `common::accounts`; this module does the cryptography and the HTTP side.
+//! The SQL is in `domain::accounts`; this module does the cryptography and the HTTP side.
 
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -10,8 +10,8 @@ use std::time::Duration;
 use argon2::Argon2;
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
-use common::accounts::{self, Role};
 use deadpool_postgres::Pool;
+use domain::accounts::{self, Role};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use poem_openapi::SecurityScheme;
 use poem_openapi::auth::{ApiKey, Bearer};
@@ -203,7 +203,7 @@ impl Auth {
     }
 }
 
-/// A database error of `common::accounts` as an answer.
+/// A database error of `domain::accounts` as an answer.
 pub fn account_error(e: accounts::AccountError) -> ApiError {
     match e {
         accounts::AccountError::Pool(p) => ApiError::unavailable(p),

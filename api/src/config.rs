@@ -1,7 +1,7 @@
 //! The API's settings, read once in `main` from the environment (and, in development, a
 //! `.env` file) and validated: a bad value stops the process with one line naming the setting.
 //!
-//! Built on `common::config` (`Source`, `parse_or`, `ConfigError`); tests pass a map, never
+//! Built on `engine::config` (`Source`, `parse_or`, `ConfigError`); tests pass a map, never
 //! the process environment.
 
 use std::collections::HashMap;
@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use common::config::{ConfigError, DatabaseSettings, Env, Secret, Source, parse_or, positive};
+use engine::config::{ConfigError, DatabaseSettings, Env, Secret, Source, parse_or, positive};
 
 /// Default for `PORT`.
 pub const DEFAULT_PORT: u16 = 8080;
@@ -32,7 +32,7 @@ pub const DEFAULT_REQUEST_TIMEOUT_S: u64 = 60;
 /// Default for `MAX_REQUEST_SIZE`, in bytes: 10 MiB.
 pub const DEFAULT_MAX_REQUEST_SIZE_BYTES: u64 = 10 * 1024 * 1024;
 /// Default for `IDEMPOTENCY_TTL`, in seconds: one day (the worker's default too).
-pub const DEFAULT_IDEMPOTENCY_TTL_S: u64 = common::registrations::DEFAULT_IDEMPOTENCY_TTL_S;
+pub const DEFAULT_IDEMPOTENCY_TTL_S: u64 = domain::registrations::DEFAULT_IDEMPOTENCY_TTL_S;
 /// Default for `TEAM_ID_PREFIX`.
 pub const DEFAULT_TEAM_ID_PREFIX: &str = "ICCT";
 /// Default for `UPLOADS_DIR` (the worker's default too).

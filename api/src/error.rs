@@ -347,10 +347,10 @@ impl ApiResponse for ApiError {
     }
 }
 
-impl From<common::queue::QueueError> for ApiError {
-    fn from(e: common::queue::QueueError) -> Self {
-        use common::jobs::ArgsError;
-        use common::queue::QueueError;
+impl From<engine::queue::QueueError> for ApiError {
+    fn from(e: engine::queue::QueueError) -> Self {
+        use engine::jobs::ArgsError;
+        use engine::queue::QueueError;
         match e {
             QueueError::Args(a) => {
                 let (field, message) = match &a {
@@ -380,7 +380,7 @@ impl From<common::queue::QueueError> for ApiError {
 
 impl From<tokio_postgres::Error> for ApiError {
     fn from(e: tokio_postgres::Error) -> Self {
-        ApiError::from(common::queue::QueueError::from(e))
+        ApiError::from(engine::queue::QueueError::from(e))
     }
 }
 

@@ -141,7 +141,7 @@ fn cors(origins: &[String]) -> Option<Cors> {
 
 /// The spec as committed in `openapi.json`: pretty JSON with a trailing newline.
 pub fn spec_json() -> String {
-    let pool = common::db::pool(&common::config::DatabaseSettings::for_url(
+    let pool = engine::db::pool(&engine::config::DatabaseSettings::for_url(
         "postgres://localhost/unused",
     ))
     .expect("a pool never connects until used");

@@ -3,7 +3,7 @@
 
 use api::config::{EnvWithDotenv, Settings};
 use clap::{Parser, Subcommand};
-use common::config::ConfigError;
+use engine::config::ConfigError;
 
 #[derive(Parser)]
 #[command(name = "api", version, about = "Quayside HTTP API")]
@@ -60,8 +60,8 @@ fn load_settings() -> Result<Settings, ConfigError> {
 }
 
 async fn run(command: Option<Command>, settings: Settings) -> anyhow::Result<()> {
-    let pool = common::db::pool(&settings.database)?;
-    let applied = common::db::migrate(&pool).await?;
+    let pool = engine::db::pool(&settings.database)?;
+    let applied = engine::db::migrate(&pool).await?;
     tracing::info!(migrations_applied = applied, "migrated");
     match command {
         Some(Command::Migrate) => return Ok(()),

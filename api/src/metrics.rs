@@ -8,8 +8,8 @@
 use std::collections::BTreeSet;
 use std::sync::Mutex;
 
-use common::queue::JobState;
-use common::queue::admin::QueueDepth;
+use engine::queue::JobState;
+use engine::queue::admin::QueueDepth;
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,

@@ -131,7 +131,7 @@ impl Probes {
     /// Readiness: 200 once migrations are applied and the pool works, else 503.
     #[oai(path = "/ready", method = "get")]
     async fn ready(&self) -> HealthResponse {
-        let ready = tokio::time::timeout(PROBE_TIMEOUT, common::db::is_migrated(&self.pool))
+        let ready = tokio::time::timeout(PROBE_TIMEOUT, engine::db::is_migrated(&self.pool))
             .await
             .is_ok_and(|r| r.unwrap_or(false));
         if ready {
@@ -159,7 +159,7 @@ impl Probes {
         self.metrics.pool(self.pool.status());
         let depth = tokio::time::timeout(PROBE_TIMEOUT, async {
             let conn = self.pool.get().await.map_err(|e| e.to_string())?;
-            common::queue::admin::depth(&conn)
+            engine::queue::admin::depth(&conn)
                 .await
                 .map_err(|e| e.to_string())
         })

@@ -76,9 +76,9 @@ pub async fn audit(
     filter: Option<serde_json::Value>,
     count: u64,
 ) -> Result<(), ApiError> {
-    common::audit::record(
+    domain::audit::record(
         client,
-        &common::audit::NewEntry {
+        &domain::audit::NewEntry {
             actor: &who.actor(),
             action,
             target,

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use clap::Subcommand;
-use common::cluster::Durability;
-use common::config::DatabaseSettings;
-use common::queue::{JobOptions, NewJob, enqueue, enqueue_many};
 use deadpool_postgres::Pool;
+use engine::config::DatabaseSettings;
+use engine::queue::{JobOptions, NewJob, enqueue, enqueue_many};
 use serde_json::json;
+use testkit::cluster::Durability;
 
 use crate::stack::{Database, binary};
 
@@ -89,8 +89,8 @@ pub async fn run(which: Which) -> anyhow::Result<()> {
 }
 
 async fn drain_only(drain: &Drain) -> anyhow::Result<serde_json::Value> {
-    let pool = common::db::pool(&DatabaseSettings::for_url(&drain.url))?;
-    common::db::migrate(&pool).await?;
+    let pool = engine::db::pool(&DatabaseSettings::for_url(&drain.url))?;
+    engine::db::migrate(&pool).await?;
     let drain_per_s = drain.median(&pool, true).await?;
     Ok(json!({
         "bench": "drain",
@@ -108,8 +108,8 @@ async fn queue(drain: &Drain, history: usize) -> anyhow::Result<serde_json::Valu
         drain.worker_bin.as_path(),
         drain.args.jobs,
     );
-    let pool = common::db::pool(&DatabaseSettings::for_url(url))?;
-    common::db::migrate(&pool).await?;
+    let pool = engine::db::pool(&DatabaseSettings::for_url(url))?;
+    engine::db::migrate(&pool).await?;
     let conn = pool.get().await?;
     let settings: Vec<String> = conn
         .query("SELECT name || '=' || setting FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit', 'full_page_writes', 'shared_buffers') ORDER BY name", &[])
@@ -188,7 +188,7 @@ async fn queue(drain: &Drain, history: usize) -> anyhow::Result<serde_json::Valu
 }
 
 fn noop(args: serde_json::Value) -> NewJob {
-    NewJob::from_json("noop", args)
+    NewJob::from_json(&engine::jobs::noop::SPEC, args)
         .expect("noop args")
         .with(JobOptions {
             queue: Some("default".into()),

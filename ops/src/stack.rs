@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use common::cluster::{Cluster, Durability};
+use testkit::cluster::{Cluster, Durability};
 
 /// A database to run against, and the private cluster serving it, if we started one.
 pub struct Database {

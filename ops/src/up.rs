@@ -3,7 +3,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::cluster::Durability;
+use testkit::cluster::Durability;
 use tokio::process::{Child, Command};
 
 use crate::stack::{Database, binary};
@@ -30,8 +30,8 @@ async fn serve(
     metrics_port: u16,
 ) -> anyhow::Result<()> {
     // Migrate once here, so the API and the worker start on a ready schema.
-    let pool = common::db::pool(&common::config::DatabaseSettings::for_url(&db.url))?;
-    let applied = common::db::migrate(&pool).await?;
+    let pool = engine::db::pool(&engine::config::DatabaseSettings::for_url(&db.url))?;
+    let applied = engine::db::migrate(&pool).await?;
     pool.close();
 
     let mut api = spawn(

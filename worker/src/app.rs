@@ -5,8 +5,8 @@
 
 use std::sync::Arc;
 
-use common::config::{ConfigError, Source};
 use deadpool_postgres::Pool;
+use engine::config::{ConfigError, Source};
 
 use crate::handlers::send_confirmation_email::smtp::{self, SmtpMailer};
 use crate::handlers::send_confirmation_email::{Confirmation, MailSettings};
@@ -49,8 +49,8 @@ pub static NAMED_SERVICES: &[NamedService] = &[cloudinary::GUARD_SETTINGS, smtp:
 
 /// What the runtime's settings need to know of the application.
 pub const REGISTRY: Registry = Registry {
-    kinds: common::jobs::KINDS,
-    schedules: common::jobs::SCHEDULES,
+    kinds: domain::jobs::KINDS,
+    schedules: domain::jobs::SCHEDULES,
     services: NAMED_SERVICES,
 };
 
@@ -98,7 +98,7 @@ impl Services {
 
 /// Every handler of the application; one per registered kind.
 pub fn handlers(services: &Services) -> anyhow::Result<Handlers> {
-    let mut h = Handlers::new(common::jobs::KINDS);
+    let mut h = Handlers::new(domain::jobs::KINDS);
     h.register(noop::run)?;
     let (pool, storage) = (services.pool.clone(), services.storage.clone());
     let keep = services.keep_logo_bytes;
@@ -115,15 +115,15 @@ pub fn handlers(services: &Services) -> anyhow::Result<Handlers> {
 mod tests {
     use std::time::Duration;
 
-    use common::config::DatabaseSettings;
-    use common::jobs::KINDS;
+    use domain::jobs::KINDS;
+    use engine::config::DatabaseSettings;
 
     use super::*;
     use crate::runtime::breaker::ServicesSettings;
 
     fn all() -> Handlers {
         let pool =
-            common::db::pool(&DatabaseSettings::for_url("postgres://localhost/unused")).unwrap();
+            engine::db::pool(&DatabaseSettings::for_url("postgres://localhost/unused")).unwrap();
         let no_env: &[(&str, &str)] = &[];
         let settings = AppSettings::from_source(no_env).unwrap();
         handlers(&Services::embedded(pool, &settings)).unwrap()
@@ -132,8 +132,8 @@ mod tests {
     #[test]
     fn every_kind_has_a_handler_and_every_handler_a_kind() {
         let h = all();
-        assert_eq!(h.kinds().count(), KINDS.len());
-        for k in KINDS {
+        assert_eq!(h.kinds().count(), KINDS.all().len());
+        for k in KINDS.all() {
             assert_eq!(h.retry_policy(k.name), Some(k.retry), "{}", k.name);
         }
     }
@@ -182,7 +182,7 @@ mod tests {
         assert_eq!(flaky.breaker.failure_threshold, 7);
         assert_eq!(s.of("other").rate_limit, None);
         let none = read(&[]).unwrap();
-        assert_eq!(none.of("smtp").breaker, common::breaker::Policy::default());
+        assert_eq!(none.of("smtp").breaker, engine::breaker::Policy::default());
         assert_eq!(none.of("cloudinary").rate_limit, None);
 
         for (name, value) in [

@@ -2,7 +2,7 @@
 //! that each component owns (the runtime's, the metrics port, the application's). No
 //! component imports this module; each piece is handed down from `main`.
 
-use common::config::{ConfigError, Source};
+use engine::config::{ConfigError, Source};
 
 use crate::app::{AppSettings, REGISTRY};
 use crate::runtime::RuntimeSettings;

@@ -7,7 +7,7 @@ pub mod logos;
 
 use std::time::Duration;
 
-use common::config::{ConfigError, Source};
+use engine::config::{ConfigError, Source};
 
 use crate::runtime::maintenance::Pass;
 

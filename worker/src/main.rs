@@ -35,7 +35,7 @@ async fn main() {
     let cli = Cli::parse();
     init_logs();
     let settings =
-        match WorkerSettings::from_source(&common::config::Env, cli.queues, cli.concurrency) {
+        match WorkerSettings::from_source(&engine::config::Env, cli.queues, cli.concurrency) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("worker: {e}");
@@ -53,8 +53,8 @@ async fn main() {
 }
 
 async fn migrate(settings: &WorkerSettings) -> anyhow::Result<()> {
-    let pool = common::db::pool(&settings.runtime.database)?;
-    let n = common::db::migrate(&pool).await?;
+    let pool = engine::db::pool(&settings.runtime.database)?;
+    let n = engine::db::migrate(&pool).await?;
     tracing::info!(migrations_applied = n, "migrated");
     Ok(())
 }

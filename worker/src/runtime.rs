@@ -34,11 +34,11 @@ use apalis_core::error::BoxDynError;
 use apalis_core::monitor::Monitor;
 use apalis_core::task::data::Data;
 use apalis_core::worker::builder::WorkerBuilder;
-use common::config::{ConfigError, DatabaseSettings, Source, boolean, millis};
-use common::db::{Plans, worker_pool};
-use common::jobs::{KindSpec, ScheduleSpec};
-use common::queue::FetchedJob;
-use common::queue::maintenance::WorkerInfo;
+use engine::config::{ConfigError, DatabaseSettings, Source, boolean, millis};
+use engine::db::{Plans, worker_pool};
+use engine::jobs::{Kinds, ScheduleSpec};
+use engine::queue::FetchedJob;
+use engine::queue::maintenance::WorkerInfo;
 use futures::future::try_join_all;
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -62,7 +62,7 @@ pub struct RuntimeSettings {
     /// LISTEN for new jobs; off for PgBouncer in transaction mode (`WORKER_LISTEN`).
     pub listen: bool,
     /// Whether the worker's own state changes (fetch, outcomes, lease renewals) wait for
-    /// their WAL to reach disk (`WORKER_SYNCHRONOUS_COMMIT`); see `common::db::batch_pool`.
+    /// their WAL to reach disk (`WORKER_SYNCHRONOUS_COMMIT`); see `engine::db::batch_pool`.
     pub synchronous_commit: bool,
     /// How long in-flight jobs may run on after SIGTERM before they are handed back
     /// (`WORKER_SHUTDOWN_TIMEOUT_MS`).
@@ -83,7 +83,7 @@ pub struct RuntimeSettings {
 #[derive(Debug, Clone, Copy)]
 pub struct Registry {
     /// Every job kind.
-    pub kinds: &'static [KindSpec],
+    pub kinds: Kinds,
     /// The periodic jobs registered in code.
     pub schedules: &'static [ScheduleSpec],
     /// The external services with breaker and rate-limit settings of their own.
@@ -144,7 +144,7 @@ pub fn new_worker_id(host: &str) -> String {
 impl Runtime {
     /// The pools of `settings`; nothing connects before [`Runtime::run`].
     pub fn new(settings: RuntimeSettings) -> anyhow::Result<Self> {
-        // A pool fit for each kind of statement (`common::db::Plans`). The hot path (fetches;
+        // A pool fit for each kind of statement (`engine::db::Plans`). The hot path (fetches;
         // outcomes and lease renewals) commits without waiting for the WAL flush unless
         // WORKER_SYNCHRONOUS_COMMIT; maintenance, heartbeats and periodic enqueues are durable.
         let db = &settings.database;
@@ -187,7 +187,7 @@ impl Runtime {
         let n_queues = settings.producer.queues.len();
         // Connect the hot path while migrations run, so the first batch pays for neither.
         let (applied, fetch_conns, outcome_conns) = tokio::try_join!(
-            async { anyhow::Ok(common::db::migrate(&pool).await?) },
+            async { anyhow::Ok(engine::db::migrate(&pool).await?) },
             connect(&fetch_pool, n_queues),
             connect(&outcome_pool, 1),
         )?;
@@ -210,8 +210,8 @@ impl Runtime {
         });
         let worker: Arc<str> = info.id.as_str().into();
         tokio::try_join!(
-            try_join_all(fetch_conns.iter().map(common::queue::fetch::prepare)),
-            try_join_all(outcome_conns.iter().map(common::queue::outcome::prepare)),
+            try_join_all(fetch_conns.iter().map(engine::queue::fetch::prepare)),
+            try_join_all(outcome_conns.iter().map(engine::queue::outcome::prepare)),
         )?;
         drop((fetch_conns, outcome_conns));
 
@@ -272,7 +272,7 @@ impl Runtime {
         }
         drop(completer_handle);
         // Registered while the first fetches run: nothing waits on the workers row.
-        common::queue::maintenance::heartbeat(&pool.get().await?, &info, 0).await?;
+        engine::queue::maintenance::heartbeat(&pool.get().await?, &info, 0).await?;
         tracing::info!(worker.id = %worker, queues = ?info.queues, concurrency = info.concurrency, migrations_applied = applied, "worker started");
         if settings.listen {
             tasks.spawn(notifier::run(
@@ -298,6 +298,7 @@ impl Runtime {
         tasks.spawn(maintenance::periodic::run(
             pool.clone(),
             settings.periodic.clone(),
+            handlers.registry(),
             services.clone(),
         ));
 
@@ -332,7 +333,7 @@ impl Runtime {
         services.cancel();
         while tasks.join_next().await.is_some() {}
         if let Ok(conn) = pool.get().await {
-            let _ = common::queue::maintenance::deregister(&conn, &worker).await;
+            let _ = engine::queue::maintenance::deregister(&conn, &worker).await;
         }
         tracing::info!("worker stopped");
         Ok(())
@@ -353,7 +354,7 @@ async fn handback(
     worker: &str,
 ) -> anyhow::Result<u64> {
     let conn = tokio::time::timeout(Duration::from_secs(5), pool.get()).await??;
-    Ok(common::queue::fetch::hand_back(&conn, ids, worker).await?)
+    Ok(engine::queue::fetch::hand_back(&conn, ids, worker).await?)
 }
 
 /// The apalis handler of every queue: run the job's kind.
@@ -395,11 +396,8 @@ mod tests {
             "crate::handlers",
             "crate::housekeeping",
             "crate::config",
-            "common::registrations",
-            "common::jobs::upload_logo",
-            "common::jobs::send_confirmation_email",
-            "common::jobs::KINDS",
-            "common::jobs::SCHEDULES",
+            // The application's crate: accounts, registrations, its kinds and their registry.
+            "domain::",
             "reqwest",
             "lettre",
         ];

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use common::accounts::Role;
+use domain::accounts::Role;
 use poem_openapi::param::Query;
 use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi};
@@ -77,7 +77,7 @@ impl AuditApi {
         let limit = page_size(limit.0)?;
         let before = self::cursor(cursor.0.as_deref())?;
         let conn = self.auth.pool().get().await?;
-        let entries = common::audit::list(
+        let entries = domain::audit::list(
             &conn,
             before,
             action.0.as_deref(),

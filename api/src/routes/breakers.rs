@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use common::accounts::Role;
-use common::breaker::{self, Force, Forced, State};
-use common::ratelimit::{self, Usage};
+use domain::accounts::Role;
+use engine::breaker::{self, Force, Forced, State};
+use engine::ratelimit::{self, Usage};
 use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use poem_openapi::{Enum, Object, OpenApi};

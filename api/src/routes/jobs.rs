@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use common::accounts::Role;
-use common::queue::admin::{self, BULK_BATCH, JobFilter};
-use common::queue::{JobOptions, JobRow, JobState, NewJob, control};
+use domain::accounts::Role;
+use engine::queue::admin::{self, BULK_BATCH, JobFilter};
+use engine::queue::{JobOptions, JobRow, JobState, NewJob, control};
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
@@ -297,18 +297,21 @@ impl JobsApi {
             meta.insert("request_id".into(), id.into());
         }
         meta.insert("enqueued_by".into(), who.actor().into());
-        let job = NewJob::from_json(&r.kind, r.args.unwrap_or_else(|| serde_json::json!({})))?
-            .with(JobOptions {
-                queue: r.queue,
-                priority: r.priority,
-                run_at: r.run_at,
-                max_attempts: r.max_attempts,
-                unique_key: r.unique_key,
-                tags,
-                meta,
-            });
+        let job = NewJob::from_json(
+            domain::jobs::kind(&r.kind).map_err(engine::queue::QueueError::from)?,
+            r.args.unwrap_or_else(|| serde_json::json!({})),
+        )?
+        .with(JobOptions {
+            queue: r.queue,
+            priority: r.priority,
+            run_at: r.run_at,
+            max_attempts: r.max_attempts,
+            unique_key: r.unique_key,
+            tags,
+            meta,
+        });
         let conn = self.auth.pool().get().await?;
-        let e = common::queue::enqueue(&conn, &job).await?;
+        let e = engine::queue::enqueue(&conn, &job).await?;
         let out = Json(EnqueuedJob {
             id: e.id,
             duplicate: e.duplicate,

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use common::accounts::Role;
-use common::queue::{JobState, admin, control};
+use domain::accounts::Role;
+use engine::queue::{JobState, admin, control};
 use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi};

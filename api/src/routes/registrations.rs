@@ -8,15 +8,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use common::accounts::Role;
-use common::jobs::JobArgs;
-use common::jobs::send_confirmation_email::SendConfirmationEmail;
-use common::jobs::upload_logo::UploadLogo;
-use common::queue::{JobOptions, NewJob, admin, enqueue_many};
-use common::registrations::{
+use deadpool_postgres::Pool;
+use domain::accounts::Role;
+use domain::jobs::send_confirmation_email::SendConfirmationEmail;
+use domain::jobs::upload_logo::UploadLogo;
+use domain::registrations::{
     self as reg, MAX_LOGO_BYTES, MAX_PLAYERS, NewLogo, NewTeam, Player, REGISTRATION_SCOPE,
 };
-use deadpool_postgres::Pool;
+use engine::jobs::JobArgs;
+use engine::queue::{JobOptions, NewJob, admin, enqueue_many};
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::types::Binary;
@@ -386,7 +386,7 @@ fn replay(
     Ok(RegisterResponse::Created(Json(body), Some("true".into())))
 }
 
-/// A database error of `common::registrations` as an answer.
+/// A database error of `domain::registrations` as an answer.
 fn registration_error(e: reg::RegistrationError) -> ApiError {
     match e {
         reg::RegistrationError::Pool(p) => ApiError::unavailable(p),

@@ -2,10 +2,10 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::accounts::Role;
-use common::testing::TestDb;
+use domain::accounts::Role;
 use poem::http::StatusCode;
 use serde_json::json;
+use testkit::TestDb;
 
 use crate::support::{PASSWORD, assert_error, client, create_user, json, login, token};
 

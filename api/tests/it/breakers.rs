@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
-use common::accounts::Role;
-use common::breaker::{self, Call, Policy};
-use common::ratelimit::{self, Limit};
-use common::testing::TestDb;
+use domain::accounts::Role;
+use engine::breaker::{self, Call, Policy};
+use engine::ratelimit::{self, Limit};
 use poem::http::StatusCode;
 use serde_json::{Value, json};
+use testkit::TestDb;
 
 use crate::support::{assert_error, client, json, token};
 

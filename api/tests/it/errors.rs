@@ -1,8 +1,8 @@
 //! The one error shape: unknown routes, wrong methods and parse errors all answer with it,
 //! and its request id is the one echoed in `X-Request-Id`.
 
-use common::testing::TestDb;
 use poem::http::StatusCode;
+use testkit::TestDb;
 
 use crate::support::{Captured, assert_error, client, json};
 
@@ -55,9 +55,9 @@ async fn a_request_id_is_made_when_missing_or_unsafe() {
 
 #[tokio::test]
 async fn a_lost_database_is_a_503_logged_once_and_not_described() {
-    let port = common::cluster::free_port().unwrap();
+    let port = testkit::cluster::free_port().unwrap();
     let url = format!("postgres://nobody@127.0.0.1:{port}/none");
-    let pool = common::db::pool(&common::config::DatabaseSettings::for_url(&url)).unwrap();
+    let pool = engine::db::pool(&engine::config::DatabaseSettings::for_url(&url)).unwrap();
     let settings = api::config::Settings::for_database_url(&url);
     let cli = poem::test::TestClient::new(api::app(pool, &settings));
     let now = std::time::SystemTime::now()

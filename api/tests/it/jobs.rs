@@ -1,9 +1,9 @@
 //! Jobs, queues, workers and the audit log through the API, and who may use them.
 
-use common::accounts::Role;
-use common::testing::TestDb;
+use domain::accounts::Role;
 use poem::http::StatusCode;
 use serde_json::{Value, json};
+use testkit::TestDb;
 
 use crate::registrations::valid_form;
 use crate::support::{assert_error, client, json, token};
@@ -319,14 +319,14 @@ async fn queues_report_and_pause_and_workers_are_listed() {
         .await;
     assert_eq!(audited, 2);
 
-    let w = common::queue::maintenance::WorkerInfo {
+    let w = engine::queue::maintenance::WorkerInfo {
         id: "w-9".into(),
         host: "box".into(),
         pid: 7,
         queues: vec!["mail".into()],
         concurrency: 4,
     };
-    common::queue::maintenance::heartbeat(&db.conn().await, &w, 2)
+    engine::queue::maintenance::heartbeat(&db.conn().await, &w, 2)
         .await
         .unwrap();
     let workers = json(
@@ -354,7 +354,7 @@ enum Body {
 async fn authorization_matrix() {
     use Body::{Empty, Form, Json};
     let db = TestDb::new().await;
-    let uploads = common::testing::TempDir::new("matrix-uploads");
+    let uploads = testkit::TempDir::new("matrix-uploads");
     std::fs::write(uploads.0.join("icct-001.png"), b"\x89PNG\r\n\x1a\n").unwrap();
     let cli = crate::support::client_with(
         &db,

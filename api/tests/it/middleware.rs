@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use common::testing::TestDb;
 use futures::StreamExt;
 use poem::Body;
 use poem::http::StatusCode;
+use testkit::TestDb;
 
 use crate::support::{Captured, assert_error, client, client_with, json};
 

@@ -1,7 +1,7 @@
 //! The probes against a real database, and the committed OpenAPI contract.
 
-use common::testing::TestDb;
 use poem::test::TestClient;
+use testkit::TestDb;
 
 use crate::support::{client, json};
 
@@ -20,8 +20,8 @@ async fn health_and_ready_answer_from_the_database() {
 
 #[tokio::test]
 async fn health_is_503_when_the_database_is_unreachable() {
-    let port = common::cluster::free_port().unwrap();
-    let pool = common::db::pool(&common::config::DatabaseSettings::for_url(format!(
+    let port = testkit::cluster::free_port().unwrap();
+    let pool = engine::db::pool(&engine::config::DatabaseSettings::for_url(format!(
         "postgres://nobody@127.0.0.1:{port}/none"
     )))
     .unwrap();
@@ -59,10 +59,10 @@ async fn metrics_count_requests_by_route_and_report_pool_and_queues() {
     {
         let conn = db.conn().await;
         for n in 0..2 {
-            common::queue::enqueue(
+            engine::queue::enqueue(
                 &conn,
-                &common::queue::NewJob::unchecked("noop", serde_json::json!({"n": n})).with(
-                    common::queue::JobOptions {
+                &engine::queue::NewJob::unchecked("noop", serde_json::json!({"n": n})).with(
+                    engine::queue::JobOptions {
                         queue: Some("mail".into()),
                         ..Default::default()
                     },

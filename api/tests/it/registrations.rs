@@ -2,13 +2,13 @@
 //! bytes, idempotency under concurrency, race-safe ids, the transaction around the jobs, a
 //! fuzz of malformed bodies, and the admin reads.
 
-use common::accounts::Role;
-use common::testing::{TempDir, TestDb};
+use domain::accounts::Role;
 use futures::future::join_all;
 use poem::Endpoint;
 use poem::http::StatusCode;
 use poem::test::{TestClient, TestForm, TestFormField, TestResponse};
 use serde_json::{Value, json};
+use testkit::{TempDir, TestDb};
 
 use crate::support::{assert_error, client_with, json, token};
 
@@ -555,7 +555,7 @@ async fn admins_read_a_team_with_its_players_logo_and_jobs() {
     assert_eq!(jobs[1]["kind"], "send_confirmation_email");
 
     // Once the upload job has run, the URL shows and the bytes are gone.
-    common::registrations::logo_stored(&db.conn().await, "ICCT-001", "/files/icct-001.png", false)
+    domain::registrations::logo_stored(&db.conn().await, "ICCT-001", "/files/icct-001.png", false)
         .await
         .unwrap();
     let detail = json(get("ICCT-001").await).await;

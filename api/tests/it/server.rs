@@ -6,7 +6,7 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::testing::TestDb;
+use testkit::TestDb;
 
 use crate::support::PASSWORD;
 
@@ -18,7 +18,7 @@ struct Server {
 
 impl Server {
     fn start(db: &TestDb, env: &[(&str, &str)]) -> Server {
-        let port = common::cluster::free_port().unwrap();
+        let port = testkit::cluster::free_port().unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_api"))
             .env_clear()
             .env("DATABASE_URL", &db.url)

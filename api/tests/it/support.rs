@@ -1,12 +1,12 @@
 //! Helpers shared by the test modules.
 
 use api::config::Settings;
-use common::accounts::Role;
-use common::testing::TestDb;
+use domain::accounts::Role;
 use poem::endpoint::BoxEndpoint;
 use poem::test::{TestClient, TestResponse};
 use poem::{Endpoint, EndpointExt};
 use serde_json::Value;
+use testkit::TestDb;
 
 /// The JSON body of `resp`.
 pub async fn json(resp: TestResponse) -> Value {
@@ -50,7 +50,7 @@ pub const PASSWORD: &str = "correct horse battery staple";
 /// Create a user with `role` directly in the database (registration only makes `user`s).
 pub async fn create_user(db: &TestDb, username: &str, role: Role) {
     let hash = api::auth::hash_password(PASSWORD.into()).await.unwrap();
-    common::accounts::create_user(&db.conn().await, username, &hash, role)
+    domain::accounts::create_user(&db.conn().await, username, &hash, role)
         .await
         .unwrap()
         .expect("a new user");

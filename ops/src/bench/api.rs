@@ -19,8 +19,8 @@ use super::load::{self, Until};
 
 /// Run the API benchmark against the database at `url` with `jobs` jobs in the table.
 pub async fn run(url: &str, api_bin: &Path, jobs: usize) -> anyhow::Result<serde_json::Value> {
-    let pool = common::db::pool(&common::config::DatabaseSettings::for_url(url))?;
-    common::db::migrate(&pool).await?;
+    let pool = engine::db::pool(&engine::config::DatabaseSettings::for_url(url))?;
+    engine::db::migrate(&pool).await?;
     let conn = pool.get().await?;
     conn.batch_execute("TRUNCATE jobs").await?;
 

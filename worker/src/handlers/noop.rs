@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use common::jobs::noop::Noop;
+use engine::jobs::noop::Noop;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -10,10 +10,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::config::{ConfigError, Source};
-use common::jobs::send_confirmation_email::SendConfirmationEmail;
-use common::registrations::{self, Team};
 use deadpool_postgres::Pool;
+use domain::jobs::send_confirmation_email::SendConfirmationEmail;
+use domain::registrations::{self, Team};
+use engine::config::{ConfigError, Source};
 use futures::future::BoxFuture;
 use lettre::message::{Mailbox, MultiPart};
 use lettre::{AsyncFileTransport, AsyncTransport, Message, Tokio1Executor};
@@ -317,7 +317,7 @@ fn escape(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use common::registrations::Player;
+    use domain::registrations::Player;
 
     use super::*;
 

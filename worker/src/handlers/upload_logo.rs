@@ -11,10 +11,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::config::{ConfigError, Source, boolean};
-use common::jobs::upload_logo::UploadLogo;
-use common::registrations::{self, LogoState};
 use deadpool_postgres::Pool;
+use domain::jobs::upload_logo::UploadLogo;
+use domain::registrations::{self, LogoState};
+use engine::config::{ConfigError, Source, boolean};
 use futures::future::BoxFuture;
 
 use crate::runtime::breaker::Guards;

@@ -5,16 +5,16 @@
 
 use std::time::Duration;
 
-use common::config::{ConfigError, Source, positive};
-use common::registrations::prune_keys;
 use deadpool_postgres::Client;
+use domain::registrations::prune_keys;
+use engine::config::{ConfigError, Source, positive};
 
 /// `IDEMPOTENCY_TTL` (the API's setting, in seconds, with the API's default).
 pub fn ttl_from_source(src: &(impl Source + ?Sized)) -> Result<Duration, ConfigError> {
     Ok(Duration::from_secs(positive(
         src,
         "IDEMPOTENCY_TTL",
-        common::registrations::DEFAULT_IDEMPOTENCY_TTL_S,
+        domain::registrations::DEFAULT_IDEMPOTENCY_TTL_S,
     )?))
 }
 

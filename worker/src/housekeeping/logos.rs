@@ -6,7 +6,7 @@
 //! job), this pass drops them `LOGO_RETENTION_HOURS` after the later of the registration and
 //! the last upload's end, so an operator has that long to retry an upload. Bytes whose team has
 //! an unfinished `upload_logo` job are never touched (the rule is on
-//! `common::registrations::prune_logos`).
+//! `domain::registrations::prune_logos`).
 //!
 //! Why a maintenance pass and not a periodic job kind: it is one bounded statement with nothing
 //! to retry or call, it must run whatever queues a deployment's workers serve (a periodic job
@@ -15,9 +15,9 @@
 
 use std::time::Duration;
 
-use common::config::{ConfigError, Source, positive};
-use common::registrations::prune_logos;
 use deadpool_postgres::Client;
+use domain::registrations::prune_logos;
+use engine::config::{ConfigError, Source, positive};
 
 /// Default `LOGO_RETENTION_HOURS`: a week, as `JOB_RETENTION_HOURS`, so an abandoned upload's
 /// job and its bytes go about together.

@@ -18,9 +18,9 @@ use apalis_core::task::Task;
 use apalis_core::task::builder::TaskBuilder;
 use apalis_core::task::task_id::TaskId;
 use apalis_core::worker::context::WorkerContext;
-use common::queue::FetchedJob;
-use common::queue::outcome::{AttemptOutcome, Failure, Outcome};
-use common::retry::RetryPolicy;
+use engine::queue::FetchedJob;
+use engine::queue::outcome::{AttemptOutcome, Failure, Outcome};
+use engine::retry::RetryPolicy;
 use futures::future::BoxFuture;
 use tokio::sync::{Semaphore, mpsc};
 use tower::{Layer, Service};
@@ -263,7 +263,7 @@ mod tests {
 
     #[test]
     fn outcomes_follow_the_handlers_verdict_and_the_attempt_budget() {
-        let spec = Some(common::jobs::noop::SPEC.retry);
+        let spec = Some(engine::jobs::noop::SPEC.retry);
         let d = |e: JobError, attempt| decide(&e, attempt, 3, spec);
         assert!(matches!(
             d(JobError::Retry("x".into()), 1),

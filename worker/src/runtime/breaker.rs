@@ -1,7 +1,7 @@
 //! The worker's side of the circuit breakers and rate limits of external services: a handler
 //! passes each call to a service through [`Guards`], which asks the service's global rate
-//! limit and its cluster-wide breaker (both in PostgreSQL, `common::ratelimit` and
-//! `common::breaker`), runs the call, and records its result.
+//! limit and its cluster-wide breaker (both in PostgreSQL, `engine::ratelimit` and
+//! `engine::breaker`), runs the call, and records its result.
 //!
 //! When the breaker is open or the rate limit says wait, the call is not made and the handler
 //! gets `JobError::Snooze` until the half-open time or the next free slot: the job is
@@ -21,10 +21,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use common::breaker::{self, Call, Decision, Forced, Policy, State};
-use common::config::{ConfigError, Source, millis, parse_or, positive};
-use common::ratelimit::{self, Limit, Take};
 use deadpool_postgres::Pool;
+use engine::breaker::{self, Call, Decision, Forced, Policy, State};
+use engine::config::{ConfigError, Source, millis, parse_or, positive};
+use engine::ratelimit::{self, Limit, Take};
 
 use super::job::JobError;
 
@@ -541,7 +541,7 @@ fn snooze_until(until: DateTime<Utc>) -> JobError {
 
 #[cfg(test)]
 mod tests {
-    use common::testing::TestDb;
+    use testkit::TestDb;
 
     use super::*;
 
@@ -729,7 +729,7 @@ mod tests {
         let db = TestDb::new().await;
         let g = Guards::new(db.pool.clone(), settings(None));
         drop(g.enter("svc").await.unwrap());
-        common::testing::wait_for("the failure", Duration::from_secs(10), || async {
+        testkit::wait_for("the failure", Duration::from_secs(10), || async {
             (row(&db).await.consecutive_failures == 1).then_some(())
         })
         .await;

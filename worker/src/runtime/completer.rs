@@ -9,9 +9,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::queue::QueueError;
-use common::queue::outcome::{self, AttemptOutcome};
 use deadpool_postgres::Pool;
+use engine::queue::QueueError;
+use engine::queue::outcome::{self, AttemptOutcome};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 

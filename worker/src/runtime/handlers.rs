@@ -9,10 +9,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::config::{ConfigError, Source};
-use common::jobs::{ArgsError, JobArgs, KindSpec};
-use common::queue::FetchedJob;
-use common::retry::RetryPolicy;
+use engine::config::{ConfigError, Source};
+use engine::jobs::{JobArgs, KindSpec, Kinds};
+use engine::queue::FetchedJob;
+use engine::retry::RetryPolicy;
 use futures::future::BoxFuture;
 
 use super::breaker::Guards;
@@ -36,7 +36,7 @@ pub struct JobContext {
 #[derive(Clone)]
 pub struct Handlers {
     /// The registry the handlers are for: every kind a handler may be registered for.
-    kinds: &'static [KindSpec],
+    kinds: Kinds,
     by_kind: Arc<HashMap<&'static str, (&'static KindSpec, BoxHandler)>>,
     /// Per-kind timeouts that override the registry's (`KIND_TIMEOUTS_MS`).
     timeouts: Arc<HashMap<String, Duration>>,
@@ -60,17 +60,9 @@ pub struct KindSettings {
 
 type BoxHandler = Arc<dyn Fn(FetchedJob, Guards) -> BoxFuture<'static, JobResult> + Send + Sync>;
 
-/// The kind named `name` in `kinds`.
-pub fn find_kind(kinds: &'static [KindSpec], name: &str) -> Result<&'static KindSpec, ArgsError> {
-    kinds
-        .iter()
-        .find(|k| k.name == name)
-        .ok_or_else(|| ArgsError::UnknownKind(name.to_owned()))
-}
-
 impl Handlers {
     /// No handler yet, for the kinds of `kinds` (the application's registry).
-    pub fn new(kinds: &'static [KindSpec]) -> Self {
+    pub fn new(kinds: Kinds) -> Self {
         Self {
             kinds,
             by_kind: Arc::default(),
@@ -135,7 +127,7 @@ impl Handlers {
         F: Fn(A, JobContext) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = JobResult> + Send + 'static,
     {
-        let spec = find_kind(self.kinds, A::KIND)?;
+        let spec = self.kinds.get(A::KIND)?;
         let handler = Arc::new(handler);
         let run: BoxHandler = Arc::new(move |job: FetchedJob, guards: Guards| {
             let handler = handler.clone();
@@ -167,12 +159,18 @@ impl Handlers {
     pub fn check_complete(&self) -> anyhow::Result<()> {
         let missing: Vec<_> = self
             .kinds
+            .all()
             .iter()
             .map(|k| k.name)
             .filter(|k| !self.by_kind.contains_key(k))
             .collect();
         anyhow::ensure!(missing.is_empty(), "job kinds with no handler: {missing:?}");
         Ok(())
+    }
+
+    /// The registry the handlers are for.
+    pub fn registry(&self) -> Kinds {
+        self.kinds
     }
 
     /// The kinds this worker handles.
@@ -201,10 +199,7 @@ impl Handlers {
 impl KindSettings {
     /// Read and validate `KIND_TIMEOUTS_MS` and `KIND_RETRY`; each kind they name must be one
     /// of `kinds`.
-    pub fn from_source(
-        src: &(impl Source + ?Sized),
-        kinds: &'static [KindSpec],
-    ) -> Result<Self, ConfigError> {
+    pub fn from_source(src: &(impl Source + ?Sized), kinds: Kinds) -> Result<Self, ConfigError> {
         Ok(Self {
             timeouts: match src.get("KIND_TIMEOUTS_MS") {
                 None => HashMap::new(),
@@ -219,17 +214,15 @@ impl KindSettings {
 }
 
 /// `noop=300,email=5000`: each a registered kind and its attempt timeout in milliseconds.
-fn parse_kind_timeouts(
-    raw: &str,
-    kinds: &'static [KindSpec],
-) -> Result<HashMap<String, Duration>, ConfigError> {
+fn parse_kind_timeouts(raw: &str, kinds: Kinds) -> Result<HashMap<String, Duration>, ConfigError> {
     let bad = |message: String| ConfigError::new("KIND_TIMEOUTS_MS", message);
     let mut out = HashMap::new();
     for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (kind, ms) = part
             .split_once('=')
             .ok_or_else(|| bad(format!("{part:?} is not kind=milliseconds")))?;
-        let kind = find_kind(kinds, kind.trim())
+        let kind = kinds
+            .get(kind.trim())
             .map_err(|e| bad(format!("{part:?}: {e}")))?
             .name;
         let ms = ms
@@ -253,7 +246,7 @@ fn parse_kind_timeouts(
 /// fraction in `[0, 1)`; the kind's own when left out).
 fn parse_kind_retries(
     raw: &str,
-    kinds: &'static [KindSpec],
+    kinds: Kinds,
 ) -> Result<HashMap<String, RetryPolicy>, ConfigError> {
     const SHAPE: &str = "kind=initial_ms:multiplier:max_ms[:jitter]";
     let bad = |message: String| ConfigError::new("KIND_RETRY", message);
@@ -262,7 +255,9 @@ fn parse_kind_retries(
         let (kind, policy) = part
             .split_once('=')
             .ok_or_else(|| bad(format!("{part:?} is not {SHAPE}")))?;
-        let spec = find_kind(kinds, kind.trim()).map_err(|e| bad(format!("{part:?}: {e}")))?;
+        let spec = kinds
+            .get(kind.trim())
+            .map_err(|e| bad(format!("{part:?}: {e}")))?;
         let fields: Vec<&str> = policy.split(':').map(str::trim).collect();
         if !(3..=4).contains(&fields.len()) {
             return Err(bad(format!("{part:?} is not {SHAPE}")));
@@ -307,12 +302,12 @@ fn parse_kind_retries(
 
 #[cfg(test)]
 mod tests {
-    use common::jobs::noop::{Noop, SPEC as NOOP};
+    use engine::jobs::noop::{Noop, SPEC as NOOP};
 
     use super::*;
 
     /// A registry of two kinds: `noop`, and `slow`, a noop under another name and policy.
-    static KINDS: &[KindSpec] = &[
+    static KINDS: Kinds = Kinds::new(&[
         NOOP,
         KindSpec {
             name: "slow",
@@ -325,7 +320,7 @@ mod tests {
             },
             ..NOOP
         },
-    ];
+    ]);
 
     fn noop_only() -> Handlers {
         let mut h = Handlers::new(KINDS);

@@ -8,9 +8,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::queue::fetch;
-use common::queue::maintenance::{self as sql, WorkerInfo};
 use deadpool_postgres::Pool;
+use engine::queue::fetch;
+use engine::queue::maintenance::{self as sql, WorkerInfo};
 use tokio_util::sync::CancellationToken;
 
 /// Jobs this worker holds: id to attempt.

@@ -18,9 +18,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::config::{ConfigError, Source, millis, positive};
-use common::queue::maintenance as sql;
 use deadpool_postgres::{Client, Pool};
+use engine::config::{ConfigError, Source, millis, positive};
+use engine::queue::maintenance as sql;
 use futures::future::{BoxFuture, join_all};
 use tokio_util::sync::CancellationToken;
 

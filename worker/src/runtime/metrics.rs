@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use common::breaker::State;
-use common::config::{ConfigError, Source, parse_or};
-use common::queue::outcome::Outcome;
+use engine::breaker::State;
+use engine::config::{ConfigError, Source, parse_or};
+use engine::queue::outcome::Outcome;
 use metrics::{Counter, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 

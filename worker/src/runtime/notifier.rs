@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::queue::NOTIFY_CHANNEL;
+use engine::queue::NOTIFY_CHANNEL;
 use futures::StreamExt;
 use tokio::sync::Notify;
 use tokio_postgres::AsyncMessage;

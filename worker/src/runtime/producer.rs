@@ -9,9 +9,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::config::{ConfigError, Source, millis, positive};
-use common::queue::{FetchedJob, fetch};
 use deadpool_postgres::Pool;
+use engine::config::{ConfigError, Source, millis, positive};
+use engine::queue::{FetchedJob, fetch};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -217,7 +217,7 @@ impl Producer {
         }
     }
 
-    async fn fetch(&self, limit: usize) -> Result<Vec<FetchedJob>, common::queue::QueueError> {
+    async fn fetch(&self, limit: usize) -> Result<Vec<FetchedJob>, engine::queue::QueueError> {
         let conn = self.pool.get().await?;
         fetch::fetch(&conn, &self.queue, &self.worker, self.lease, limit).await
     }

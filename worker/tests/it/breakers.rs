@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::queue::{JobOptions, JobState, NewJob, control, enqueue_many};
-use common::testing::{TestDb, wait_for};
+use engine::queue::{JobOptions, JobState, NewJob, control, enqueue_many};
 use serde_json::json;
+use testkit::{TestDb, wait_for};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -102,7 +102,7 @@ async fn enqueue_calls(
     let jobs: Vec<NewJob> = (0..n)
         .map(|i| {
             NewJob::from_json(
-                "noop",
+                &engine::jobs::noop::SPEC,
                 json!({"call_url": server.url(&format!("/job/{i}")), "service": service}),
             )
             .unwrap()

@@ -7,10 +7,10 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::queue::JobState;
-use common::registrations as reg;
-use common::testing::{TempDir, TestDb};
+use domain::registrations as reg;
+use engine::queue::JobState;
 use sha1::{Digest, Sha1};
+use testkit::{TempDir, TestDb};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -376,7 +376,7 @@ async fn upload(
     db: &TestDb,
     cloudinary: &FakeCloudinary,
     env_over: &[(&'static str, &str)],
-) -> (String, common::queue::JobRow) {
+) -> (String, engine::queue::JobRow) {
     let uploads = TempDir::new("uploads");
     let team_id = register(db).await;
     let mut e = env(db, &uploads, cloudinary);

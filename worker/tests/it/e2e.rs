@@ -6,9 +6,9 @@
 
 use std::time::Duration;
 
-use common::queue::JobState;
-use common::testing::{TempDir, TestDb};
+use engine::queue::JobState;
 use serde_json::{Value, json};
+use testkit::{TempDir, TestDb};
 
 use crate::cloudinary::FakeCloudinary;
 use crate::harness::{Api, Process, fast_env, wait_final, with_env};

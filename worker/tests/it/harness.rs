@@ -3,8 +3,8 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::queue::{JobOptions, JobRow, NewJob, control, enqueue_many};
-use common::testing::{TestDb, wait_for};
+use engine::queue::{JobOptions, JobRow, NewJob, control, enqueue_many};
+use testkit::{TestDb, wait_for};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use worker::config::WorkerSettings;
@@ -104,7 +104,7 @@ pub async fn enqueue_noops(
 ) -> Vec<i64> {
     let jobs: Vec<NewJob> = (0..n)
         .map(|_| {
-            NewJob::from_json("noop", args.clone())
+            NewJob::from_json(&engine::jobs::noop::SPEC, args.clone())
                 .expect("noop args")
                 .with(JobOptions {
                     queue: Some(queue.into()),
@@ -154,9 +154,9 @@ pub fn with_env(
 
 /// Enqueue one noop job with `args` and `opts`; returns its id.
 pub async fn enqueue_noop(db: &TestDb, args: serde_json::Value, opts: JobOptions) -> i64 {
-    common::queue::enqueue(
+    engine::queue::enqueue(
         &db.conn().await,
-        &NewJob::from_json("noop", args)
+        &NewJob::from_json(&engine::jobs::noop::SPEC, args)
             .expect("noop args")
             .with(opts),
     )
@@ -211,7 +211,7 @@ impl Api {
     /// Start the real `api` with only `env` (and `PORT`, `API_HOST`) set, and wait until
     /// `/health` answers.
     pub async fn start(env: &[(&str, &str)]) -> Api {
-        let port = common::cluster::free_port().expect("a free port");
+        let port = testkit::cluster::free_port().expect("a free port");
         let child = Command::new(api_binary())
             .env_clear()
             .env("PORT", port.to_string())

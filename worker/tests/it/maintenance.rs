@@ -4,11 +4,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::queue::maintenance::{enqueue_tick, rescue, runs};
-use common::queue::outcome::{AttemptOutcome, Outcome, record};
-use common::queue::{JobOptions, JobState, NewJob, control, fetch};
-use common::testing::{TestDb, wait_for};
+use engine::queue::maintenance::{enqueue_tick, rescue, runs};
+use engine::queue::outcome::{AttemptOutcome, Outcome, record};
+use engine::queue::{JobOptions, JobState, NewJob, control, fetch};
 use serde_json::json;
+use testkit::{TestDb, wait_for};
 
 use crate::harness::{Process, enqueue_noop, fast_env, wait_count, with_env};
 
@@ -187,7 +187,7 @@ async fn a_tick_enqueues_one_job_even_after_that_job_finished() {
     let mut c = db.conn().await;
     let tick = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap();
     let job = |tick: chrono::DateTime<chrono::Utc>| {
-        let mut j = NewJob::from_json("noop", json!({})).unwrap();
+        let mut j = NewJob::from_json(&engine::jobs::noop::SPEC, json!({})).unwrap();
         j.opts.unique_key = Some(format!("cron:t:{}", tick.timestamp()));
         j
     };
@@ -314,10 +314,10 @@ async fn a_worker_drops_the_logo_bytes_of_an_abandoned_upload_and_keeps_a_pendin
     let c = db.conn().await;
     let mut ids = Vec::new();
     for name in ["Given Up", "Waiting"] {
-        let team_id = common::registrations::insert_team(
+        let team_id = domain::registrations::insert_team(
             &c,
             "ICCT",
-            &common::registrations::NewTeam {
+            &domain::registrations::NewTeam {
                 team_name: name,
                 church_name: "St Mark's",
                 captain_name: "Cap Tain",
@@ -325,12 +325,12 @@ async fn a_worker_drops_the_logo_bytes_of_an_abandoned_upload_and_keeps_a_pendin
                 captain_phone: "9876543210",
                 captain_whatsapp: "9876543211",
                 captain_email: "cap@example.com",
-                players: &[common::registrations::Player {
+                players: &[domain::registrations::Player {
                     name: "Ann".into(),
                     role: "bowler".into(),
                     phone: "9876543210".into(),
                 }],
-                logo: common::registrations::NewLogo {
+                logo: domain::registrations::NewLogo {
                     content_type: "image/png",
                     bytes: b"\x89PNG\r\n\x1a\n",
                     sha256: &[0; 32],
@@ -341,8 +341,12 @@ async fn a_worker_drops_the_logo_bytes_of_an_abandoned_upload_and_keeps_a_pendin
         .await
         .unwrap()
         .team_id;
-        let job = NewJob::from_json("upload_logo", json!({ "team_id": team_id })).unwrap();
-        ids.push(common::queue::enqueue(&c, &job).await.unwrap().id);
+        let job = NewJob::from_json(
+            &domain::jobs::upload_logo::SPEC,
+            json!({ "team_id": team_id }),
+        )
+        .unwrap();
+        ids.push(engine::queue::enqueue(&c, &job).await.unwrap().id);
     }
     // Both registered two hours ago; the first team's upload was cancelled an hour ago, the
     // second's still waits for a worker serving `uploads` (none here).

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use common::queue::{JobOptions, JobState, NewJob, enqueue};
-use common::testing::TestDb;
+use engine::queue::{JobOptions, JobState, NewJob, enqueue};
 use serde_json::json;
+use testkit::TestDb;
 
 use crate::harness::{InProcess, enqueue_noops, fast_env, wait_count, wait_final};
 
@@ -16,7 +16,7 @@ async fn jobs_complete_with_their_result() {
     let ids = enqueue_noops(&db, "default", 50, json!({})).await;
     let with_result = enqueue(
         &db.conn().await,
-        &NewJob::from_json("noop", json!({"result": {"ok": 1}})).unwrap(),
+        &NewJob::from_json(&engine::jobs::noop::SPEC, json!({"result": {"ok": 1}})).unwrap(),
     )
     .await
     .unwrap();
@@ -43,13 +43,13 @@ async fn failures_retry_on_schedule_then_discard_with_every_error() {
     // noop retries after ~200 ms, then ~400 ms (±25 %); 3 attempts, all failing.
     let job = enqueue(
         &db.conn().await,
-        &NewJob::from_json("noop", json!({"fail_attempts": 5})).unwrap(),
+        &NewJob::from_json(&engine::jobs::noop::SPEC, json!({"fail_attempts": 5})).unwrap(),
     )
     .await
     .unwrap();
     let recovering = enqueue(
         &db.conn().await,
-        &NewJob::from_json("noop", json!({"fail_attempts": 2})).unwrap(),
+        &NewJob::from_json(&engine::jobs::noop::SPEC, json!({"fail_attempts": 2})).unwrap(),
     )
     .await
     .unwrap();
@@ -86,10 +86,12 @@ async fn permanent_errors_panics_timeouts_snoozes_and_cancels() {
     let w = InProcess::start(&fast_env(&db.url), "default", 8);
     let c = db.conn().await;
     let one = |args: serde_json::Value, max: i32| {
-        NewJob::from_json("noop", args).unwrap().with(JobOptions {
-            max_attempts: Some(max),
-            ..Default::default()
-        })
+        NewJob::from_json(&engine::jobs::noop::SPEC, args)
+            .unwrap()
+            .with(JobOptions {
+                max_attempts: Some(max),
+                ..Default::default()
+            })
     };
     let permanent = enqueue(&c, &one(json!({"permanent": true}), 5))
         .await
@@ -163,7 +165,7 @@ async fn kind_retry_overrides_the_kinds_backoff() {
     let w = InProcess::start(&env, "default", 4);
     let job = enqueue(
         &db.conn().await,
-        &NewJob::from_json("noop", json!({"fail_attempts": 1})).unwrap(),
+        &NewJob::from_json(&engine::jobs::noop::SPEC, json!({"fail_attempts": 1})).unwrap(),
     )
     .await
     .unwrap();
@@ -176,8 +178,8 @@ async fn kind_retry_overrides_the_kinds_backoff() {
     );
     // The retry's run_at was set in the statement that recorded the failure.
     let gap = (done.run_at - done.errors[0].at).num_milliseconds();
-    let default_floor = common::jobs::noop::SPEC.retry.initial.as_secs_f64()
-        * (1.0 - common::jobs::noop::SPEC.retry.jitter)
+    let default_floor = engine::jobs::noop::SPEC.retry.initial.as_secs_f64()
+        * (1.0 - engine::jobs::noop::SPEC.retry.jitter)
         * 1000.0;
     assert!(
         gap >= 40 && (gap as f64) < default_floor,

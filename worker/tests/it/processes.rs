@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use common::config::DatabaseSettings;
-use common::queue::{JobOptions, JobState, control};
-use common::testing::{PrivateCluster, TestDb, wait_for};
+use engine::config::DatabaseSettings;
+use engine::queue::{JobOptions, JobState, control};
 use serde_json::json;
+use testkit::{PrivateCluster, TestDb, wait_for};
 
 use crate::harness::{
     InProcess, Process, enqueue_noop, enqueue_noops, fast_env, wait_count, wait_final, with_env,
@@ -181,7 +181,7 @@ async fn sigterm_hands_back_jobs_that_outlive_the_shutdown_timeout() {
 async fn a_database_restart_under_a_running_worker_loses_nothing() {
     let (pg, url) = PrivateCluster::start().await;
     let db = TestDb {
-        pool: common::db::pool(&DatabaseSettings::for_url(&url)).unwrap(),
+        pool: engine::db::pool(&DatabaseSettings::for_url(&url)).unwrap(),
         name: "quayside".into(),
         url,
     };
@@ -207,9 +207,11 @@ async fn a_database_restart_under_a_running_worker_loses_nothing() {
         || async {
             let conn = db.pool.get().await.ok()?;
             let jobs: Vec<_> = (0..100)
-                .map(|_| common::queue::NewJob::from_json("noop", json!({})).unwrap())
+                .map(|_| {
+                    engine::queue::NewJob::from_json(&engine::jobs::noop::SPEC, json!({})).unwrap()
+                })
                 .collect();
-            common::queue::enqueue_many(&conn, &jobs).await.ok()
+            engine::queue::enqueue_many(&conn, &jobs).await.ok()
         },
     )
     .await;
@@ -352,7 +354,7 @@ async fn the_metrics_endpoint_counts_outcomes_by_queue_and_kind() {
     use std::io::{Read, Write};
 
     let db = TestDb::new().await;
-    let port = common::cluster::free_port().unwrap();
+    let port = testkit::cluster::free_port().unwrap();
     let env = with_env(fast_env(&db.url), "METRICS_PORT", port.to_string());
     let worker = Process::start(&env, &["--queues", "default", "--concurrency", "4"]);
     enqueue_noops(&db, "default", 3, json!({})).await;

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use common::queue::{JobState, NewJob, enqueue};
-use common::registrations::{self as reg, NewLogo, NewTeam, Player};
-use common::testing::{TempDir, TestDb};
+use domain::registrations::{self as reg, NewLogo, NewTeam, Player};
+use engine::queue::{JobState, NewJob, enqueue};
+use testkit::{TempDir, TestDb};
 
 use crate::harness::{InProcess, fast_env, wait_final, with_env};
 
@@ -53,7 +53,11 @@ pub(crate) async fn register(db: &TestDb) -> String {
 pub(crate) async fn job(db: &TestDb, kind: &str, team_id: &str) -> i64 {
     enqueue(
         &db.conn().await,
-        &NewJob::from_json(kind, serde_json::json!({ "team_id": team_id })).unwrap(),
+        &NewJob::from_json(
+            domain::jobs::kind(kind).unwrap(),
+            serde_json::json!({ "team_id": team_id }),
+        )
+        .unwrap(),
     )
     .await
     .unwrap()

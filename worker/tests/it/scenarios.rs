@@ -8,8 +8,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::queue::{JobState, control};
-use common::testing::{TempDir, TestDb, wait_for};
+use engine::queue::{JobState, control};
+use testkit::{TempDir, TestDb, wait_for};
 
 use crate::cloudinary::{Answer, FakeCloudinary};
 use crate::e2e::{BOUNDARY, form};
@@ -126,7 +126,7 @@ async fn an_upload_cut_by_kill_9_completes_after_the_rescue() {
     let statuses: Vec<_> = cloudinary.requests().iter().map(|r| r.status).collect();
     assert_eq!(statuses, [None, Some(200)]);
     assert_eq!(cloudinary.stored().len(), 1, "uploaded once");
-    let team = common::registrations::team(&db.conn().await, &team_id)
+    let team = domain::registrations::team(&db.conn().await, &team_id)
         .await
         .unwrap()
         .unwrap();

@@ -7,8 +7,8 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::queue::JobState;
-use common::testing::{TempDir, TestDb};
+use engine::queue::JobState;
+use testkit::{TempDir, TestDb};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -244,7 +244,7 @@ fn env(db: &TestDb, outbox: &TempDir, smtp: &FakeSmtp) -> Vec<(&'static str, Str
 
 /// Register a team, start an in-process worker mailing through `smtp`, run its confirmation
 /// job and return the job when final.
-async fn confirm(db: &TestDb, smtp: &FakeSmtp) -> common::queue::JobRow {
+async fn confirm(db: &TestDb, smtp: &FakeSmtp) -> engine::queue::JobRow {
     let outbox = TempDir::new("outbox");
     let team_id = register(db).await;
     let worker = InProcess::start(&env(db, &outbox, smtp), "email", 2);

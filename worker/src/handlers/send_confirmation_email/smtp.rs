@@ -12,7 +12,7 @@ use futures::future::BoxFuture;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
-use common::config::{ConfigError, Secret, Source, millis, parse_or};
+use engine::config::{ConfigError, Secret, Source, millis, parse_or};
 
 use super::{MailError, Mailer};
 use crate::runtime::breaker::{Guards, NamedService, policy_names};

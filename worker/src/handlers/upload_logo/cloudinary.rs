@@ -16,7 +16,7 @@ use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::multipart::{Form, Part};
 use sha1::{Digest, Sha1};
 
-use common::config::{ConfigError, Secret, Source, millis, parse_or};
+use engine::config::{ConfigError, Secret, Source, millis, parse_or};
 
 use super::{Storage, StorageError};
 use crate::runtime::breaker::{Guards, NamedService, policy_names};

@@ -1,8 +1,8 @@
 //! The counter: folds the per-statement changes of job counts into their totals and the
-//! per-minute finishes (`common::queue::counts`), keeping the deltas a reader adds up small.
+//! per-minute finishes (`engine::queue::counts`), keeping the deltas a reader adds up small.
 
-use common::queue::counts;
 use deadpool_postgres::Client;
+use engine::queue::counts;
 
 /// One pass: fold every delta committed so far.
 pub async fn run_once(conn: Client) -> anyhow::Result<()> {

@@ -9,15 +9,13 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use common::config::{ConfigError, Source};
-use common::jobs::{KindSpec, ScheduleSpec};
-use common::queue::NewJob;
-use common::queue::maintenance::enqueue_tick;
 use croner::Cron;
 use deadpool_postgres::Pool;
+use engine::config::{ConfigError, Source};
+use engine::jobs::{Kinds, ScheduleSpec};
+use engine::queue::NewJob;
+use engine::queue::maintenance::enqueue_tick;
 use tokio_util::sync::CancellationToken;
-
-use crate::runtime::handlers::find_kind;
 
 /// A job enqueued on a cron schedule.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -39,7 +37,7 @@ pub struct PeriodicJob {
 pub fn from_source(
     src: &(impl Source + ?Sized),
     in_code: &[ScheduleSpec],
-    kinds: &'static [KindSpec],
+    kinds: Kinds,
 ) -> Result<Vec<PeriodicJob>, ConfigError> {
     let configured = match src.get("PERIODIC_JOBS") {
         None => Vec::new(),
@@ -60,7 +58,7 @@ pub fn parse_cron(expr: &str) -> Result<Cron, croner::errors::CronError> {
 
 /// Enqueue each schedule's ticks until `stop`. A tick missed while no worker ran is not made
 /// up for; the next one is.
-pub async fn run(pool: Pool, schedules: Vec<PeriodicJob>, stop: CancellationToken) {
+pub async fn run(pool: Pool, schedules: Vec<PeriodicJob>, kinds: Kinds, stop: CancellationToken) {
     if schedules.is_empty() {
         return;
     }
@@ -88,7 +86,7 @@ pub async fn run(pool: Pool, schedules: Vec<PeriodicJob>, stop: CancellationToke
             let Some(tick) = next[i].filter(|t| *t <= Utc::now()) else {
                 continue;
             };
-            if let Err(e) = enqueue(&pool, schedule, tick).await {
+            if let Err(e) = enqueue(&pool, schedule, kinds, tick).await {
                 tracing::warn!(schedule = %schedule.name, error = %e, "cannot enqueue periodic job");
             }
             next[i] = cron.find_next_occurrence(&Utc::now().max(tick), false).ok();
@@ -101,7 +99,7 @@ pub async fn run(pool: Pool, schedules: Vec<PeriodicJob>, stop: CancellationToke
 fn schedules(
     in_code: &[ScheduleSpec],
     configured: Vec<PeriodicJob>,
-    kinds: &'static [KindSpec],
+    kinds: Kinds,
 ) -> Result<Vec<PeriodicJob>, ConfigError> {
     let mut all = Vec::with_capacity(in_code.len() + configured.len());
     for s in in_code {
@@ -128,14 +126,19 @@ fn schedules(
             return Err(bad("named twice".into()));
         }
         parse_cron(&j.cron).map_err(|e| bad(e.to_string()))?;
-        find_kind(kinds, &j.kind).map_err(|e| bad(e.to_string()))?;
+        kinds.get(&j.kind).map_err(|e| bad(e.to_string()))?;
     }
     Ok(all)
 }
 
-async fn enqueue(pool: &Pool, s: &PeriodicJob, tick: DateTime<Utc>) -> anyhow::Result<()> {
+async fn enqueue(
+    pool: &Pool,
+    s: &PeriodicJob,
+    kinds: Kinds,
+    tick: DateTime<Utc>,
+) -> anyhow::Result<()> {
     let mut conn = pool.get().await?;
-    let mut job = NewJob::from_json(&s.kind, s.args.clone())?;
+    let mut job = NewJob::from_json(kinds.get(&s.kind)?, s.args.clone())?;
     job.opts.unique_key = Some(format!("cron:{}:{}", s.name, tick.timestamp()));
     job.opts.meta.insert(
         "periodic".into(),
@@ -151,7 +154,7 @@ async fn enqueue(pool: &Pool, s: &PeriodicJob, tick: DateTime<Utc>) -> anyhow::R
 mod tests {
     use super::*;
 
-    static KINDS: &[KindSpec] = &[common::jobs::noop::SPEC];
+    static KINDS: Kinds = Kinds::new(&[engine::jobs::noop::SPEC]);
 
     #[test]
     fn schedules_registered_in_code_are_run_unless_config_replaces_them() {

@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use common::queue::counts;
-use common::queue::maintenance as sql;
 use deadpool_postgres::Client;
+use engine::queue::counts;
+use engine::queue::maintenance as sql;
 
 /// Most rows one prune statement deletes.
 const PRUNE_BATCH: usize = 10_000;

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use common::queue::maintenance as sql;
 use deadpool_postgres::Client;
+use engine::queue::maintenance as sql;
 
 /// One pass: remove workers silent for longer than `ttl`.
 pub async fn run_once(conn: Client, ttl: Duration) -> anyhow::Result<()> {

@@ -1,8 +1,8 @@
 //! The rescuer: running jobs whose lease expired (their worker died or lost the database)
 //! go back to the queue, or are discarded once their attempts are used up.
 
-use common::queue::maintenance as sql;
 use deadpool_postgres::Client;
+use engine::queue::maintenance as sql;
 
 use super::PASS_LIMIT;
 

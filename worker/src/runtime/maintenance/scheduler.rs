@@ -1,7 +1,7 @@
 //! The scheduler: scheduled and retryable jobs whose time has come become available.
 
-use common::queue::maintenance as sql;
 use deadpool_postgres::Client;
+use engine::queue::maintenance as sql;
 
 use super::PASS_LIMIT;
 
