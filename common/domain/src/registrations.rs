@@ -2,10 +2,14 @@
 //! records of the registration endpoint.
 //!
 //! Every statement on `teams`, `players`, `team_logos` and `idempotency_keys` lives here. A
-//! registration is one statement (team, players and logo bytes through data-modifying CTEs);
-//! the caller runs it in the transaction that also enqueues the team's jobs and records the
-//! idempotency answer, so all of it commits or none does. Team ids come from a sequence: no
-//! row is locked to number a team.
+//! team is inserted by one statement (team, players and logo bytes through data-modifying
+//! CTEs); the use-case, [`register::register`], runs it in the transaction that also enqueues
+//! the team's jobs and records the idempotency answer, so all of it commits or none does.
+//! Team ids come from a sequence: no row is locked to number a team. What a submission must
+//! satisfy before any of this runs is in [`validation`].
+
+pub mod register;
+pub mod validation;
 
 use std::time::Duration;
 
@@ -21,6 +25,12 @@ pub enum RegistrationError {
     /// No pooled connection could be had.
     #[error("no database connection: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
+    /// A registration's jobs could not be enqueued.
+    #[error(transparent)]
+    Queue(#[from] engine::queue::QueueError),
+    /// An idempotency record's answer could not be written or read back.
+    #[error("idempotency answer: {0}")]
+    Answer(#[from] serde_json::Error),
 }
 
 /// A `Result` with [`RegistrationError`].
@@ -36,7 +46,7 @@ pub const REGISTRATION_SCOPE: &str = "registration";
 /// workers delete the record after it.
 pub const DEFAULT_IDEMPOTENCY_TTL_S: u64 = 86_400;
 
-/// A team to register, already validated by the caller (the schema's CHECKs are the backstop).
+/// A team to insert, already validated by the caller (the schema's CHECKs are the backstop).
 #[derive(Debug, Clone)]
 pub struct NewTeam<'a> {
     /// The team's name, 3 to 80 characters.
@@ -83,9 +93,9 @@ pub struct NewLogo<'a> {
     pub sha256: &'a [u8],
 }
 
-/// A registered team's number and id.
+/// An inserted team's number and id.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Registered {
+pub struct InsertedTeam {
     /// The sequence number behind the id.
     pub number: i64,
     /// The human-readable id, e.g. `ICCT-001`.
@@ -166,7 +176,7 @@ pub async fn insert_team(
     client: &impl GenericClient,
     prefix: &str,
     team: &NewTeam<'_>,
-) -> Result<Registered> {
+) -> Result<InsertedTeam> {
     let names: Vec<&str> = team.players.iter().map(|p| p.name.as_str()).collect();
     let roles: Vec<&str> = team.players.iter().map(|p| p.role.as_str()).collect();
     let phones: Vec<&str> = team.players.iter().map(|p| p.phone.as_str()).collect();
@@ -195,7 +205,7 @@ pub async fn insert_team(
             ],
         )
         .await?;
-    Ok(Registered {
+    Ok(InsertedTeam {
         number: row.get(0),
         team_id: row.get(1),
     })
