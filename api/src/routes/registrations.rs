@@ -260,7 +260,10 @@ impl RegistrationsApi {
             .await
             .map_err(registration_error)?
             .ok_or_else(not_found)?;
-        let jobs = admin::team_jobs(&conn, &team.team_id).await?;
+        let ids = reg::team_job_ids(&conn, &team.team_id)
+            .await
+            .map_err(registration_error)?;
+        let jobs = admin::jobs_by_ids(&conn, &ids).await?;
         Ok(Json(TeamDetail {
             team: TeamOut::from(&team),
             players: team

@@ -1,12 +1,13 @@
-//! Team registrations: teams, their players, logo bytes awaiting upload, and the idempotency
-//! records of the registration endpoint.
+//! Team registrations: teams, their players, logo bytes awaiting upload, the links to their
+//! jobs, and the idempotency records of the registration endpoint.
 //!
-//! Every statement on `teams`, `players`, `team_logos` and `idempotency_keys` lives here. A
-//! team is inserted by one statement (team, players and logo bytes through data-modifying
-//! CTEs); the use-case, [`register::register`], runs it in the transaction that also enqueues
-//! the team's jobs and records the idempotency answer, so all of it commits or none does.
-//! Team ids come from a sequence: no row is locked to number a team. What a submission must
-//! satisfy before any of this runs is in [`validation`].
+//! Every statement on `teams`, `players`, `team_logos`, `team_jobs` and `idempotency_keys`
+//! lives here. A team is inserted by one statement (team, players and logo bytes through
+//! data-modifying CTEs); the use-case, [`register::register`], runs it in the transaction that
+//! also enqueues the team's jobs, links them to the team and records the idempotency answer,
+//! so all of it commits or none does. Team ids come from a sequence: no row is locked to
+//! number a team. What a submission must satisfy before any of this runs is in
+//! [`validation`].
 
 pub mod register;
 pub mod validation;
@@ -15,6 +16,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
+use engine::jobs::JobArgs;
+
+use crate::jobs::upload_logo::UploadLogo;
 
 /// Errors of the registration statements.
 #[derive(Debug, thiserror::Error)]
@@ -344,20 +348,22 @@ pub async fn logo_stored(
     Ok(n > 0)
 }
 
-/// Logo bytes that no upload will read: older than the retention, with no `upload_logo` job
-/// of their team unfinished (available, scheduled, retryable or running) and none finished
-/// within the retention either. So bytes wait as long as an upload of them may still run, and
-/// after the last upload was discarded or cancelled they stay one retention more, for an
-/// operator to retry it. Bytes the upload job is dropping right now (row locked) are skipped.
+/// Logo bytes that no upload will read: older than the retention, with no job of kind `$3`
+/// (`upload_logo`) linked to their team unfinished (available, scheduled, retryable or
+/// running) and none finished within the retention either. So bytes wait as long as an upload
+/// of them may still run, and after the last upload was discarded or cancelled they stay one
+/// retention more, for an operator to retry it. Bytes the upload job is dropping right now
+/// (row locked) are skipped. A link whose job the engine has pruned joins nothing: that job
+/// finished long ago.
 const PRUNE_LOGOS: &str = "
 DELETE FROM team_logos WHERE team_number IN (
   SELECT l.team_number
-    FROM team_logos l JOIN teams t ON t.number = l.team_number
+    FROM team_logos l
    WHERE l.created_at < now() - $1::bigint * interval '1 millisecond'
      AND NOT EXISTS (
-           SELECT 1 FROM jobs j
-            WHERE j.args ? 'team_id' AND j.args ->> 'team_id' = t.team_id
-              AND j.kind = 'upload_logo'
+           SELECT 1 FROM team_jobs tj JOIN jobs j ON j.id = tj.job_id
+            WHERE tj.team_number = l.team_number
+              AND tj.kind = $3
               AND (j.state NOT IN ('completed', 'discarded', 'cancelled')
                    OR j.finished_at >= now() - $1::bigint * interval '1 millisecond'))
    ORDER BY l.team_number
@@ -376,7 +382,48 @@ pub async fn prune_logos(
     let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let stmt = client.prepare_cached(PRUNE_LOGOS).await?;
-    Ok(client.execute(&stmt, &[&retention_ms, &limit]).await?)
+    Ok(client
+        .execute(&stmt, &[&retention_ms, &limit, &UploadLogo::KIND])
+        .await?)
+}
+
+/// Link jobs to the team `$1`: parallel arrays of job ids and their kinds.
+const LINK_JOBS: &str = "
+INSERT INTO team_jobs (team_number, job_id, kind)
+SELECT t.number, u.job_id, u.kind
+  FROM teams t, unnest($2::bigint[], $3::text[]) AS u(job_id, kind)
+ WHERE t.team_id = $1";
+
+/// Link `jobs` (id and kind) to the team `team_id`, in the transaction that enqueued them:
+/// a team's jobs are found through these links ([`team_job_ids`], [`prune_logos`]), never by
+/// reading their args. Returns how many links were written (none if the team does not exist).
+pub async fn link_jobs(
+    client: &impl GenericClient,
+    team_id: &str,
+    jobs: &[(i64, &str)],
+) -> Result<u64> {
+    let ids: Vec<i64> = jobs.iter().map(|(id, _)| *id).collect();
+    let kinds: Vec<&str> = jobs.iter().map(|(_, kind)| *kind).collect();
+    let stmt = client.prepare_cached(LINK_JOBS).await?;
+    Ok(client.execute(&stmt, &[&team_id, &ids, &kinds]).await?)
+}
+
+const TEAM_JOB_IDS: &str = "
+SELECT tj.job_id
+  FROM team_jobs tj JOIN teams t ON t.number = tj.team_number
+ WHERE t.team_id = $1
+ ORDER BY tj.job_id";
+
+/// The ids of the jobs linked to `team_id`, oldest first; read the jobs themselves with
+/// `engine::queue::admin::jobs_by_ids`. Ids of jobs the engine has pruned since are among
+/// them, and that read skips them.
+pub async fn team_job_ids(client: &impl GenericClient, team_id: &str) -> Result<Vec<i64>> {
+    Ok(client
+        .query(TEAM_JOB_IDS, &[&team_id])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
 }
 
 /// A remembered answer to an idempotency key.

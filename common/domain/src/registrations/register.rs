@@ -1,6 +1,6 @@
 //! The registration use-case, callable without HTTP: claim the idempotency key, insert the
-//! team, enqueue its `upload_logo` and `send_confirmation_email` jobs, store the answer and
-//! commit, all in one transaction; or replay the answer a key already has, or refuse a key
+//! team, enqueue its `upload_logo` and `send_confirmation_email` jobs and link them to it,
+//! store the answer and commit, all in one transaction; or replay the answer a key already has, or refuse a key
 //! reused with another request.
 
 use std::time::Duration;
@@ -156,13 +156,18 @@ pub async fn register(
         .with(opts),
     ];
     let enqueued = enqueue_many(&tx, &jobs).await?;
+    let links: Vec<(i64, &str)> = enqueued
+        .iter()
+        .zip([UploadLogo::KIND, SendConfirmationEmail::KIND])
+        .map(|(e, kind)| (e.id, kind))
+        .collect();
+    super::link_jobs(&tx, &team.team_id, &links).await?;
     let registered = Registered {
         team_id: team.team_id,
-        jobs: enqueued
-            .iter()
-            .zip([UploadLogo::KIND, SendConfirmationEmail::KIND])
-            .map(|(e, kind)| RegisteredJob {
-                id: e.id,
+        jobs: links
+            .into_iter()
+            .map(|(id, kind)| RegisteredJob {
+                id,
                 kind: kind.into(),
             })
             .collect(),

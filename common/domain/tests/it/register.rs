@@ -91,6 +91,11 @@ async fn a_registration_writes_the_team_and_enqueues_its_two_jobs() {
     }
     let request_id: String = db.scalar("SELECT request_id FROM teams").await;
     assert_eq!(request_id, "req-9");
+    let linked = domain::registrations::team_job_ids(&c, "ICCT-001")
+        .await
+        .unwrap();
+    let ids: Vec<i64> = r.jobs.iter().map(|j| j.id).collect();
+    assert_eq!(linked, ids, "the jobs are linked to their team");
 }
 
 #[tokio::test]
@@ -176,6 +181,8 @@ async fn a_failing_enqueue_writes_nothing_and_leaves_the_key_unused() {
         [0; 5],
         "team, players, logo and key all rolled back"
     );
+    let links: i64 = db.scalar("SELECT count(*) FROM team_jobs").await;
+    assert_eq!(links, 0);
 
     db.conn()
         .await
