@@ -1,16 +1,24 @@
-//! Team registrations: teams, their players, logo bytes awaiting upload, and the idempotency
-//! records of the registration endpoint.
+//! Team registrations: teams, their players, logo bytes awaiting upload, the links to their
+//! jobs, and the idempotency records of the registration endpoint.
 //!
-//! Every statement on `teams`, `players`, `team_logos` and `idempotency_keys` lives here. A
-//! registration is one statement (team, players and logo bytes through data-modifying CTEs);
-//! the caller runs it in the transaction that also enqueues the team's jobs and records the
-//! idempotency answer, so all of it commits or none does. Team ids come from a sequence: no
-//! row is locked to number a team.
+//! Every statement on `teams`, `players`, `team_logos`, `team_jobs` and `idempotency_keys`
+//! lives here. A team is inserted by one statement (team, players and logo bytes through
+//! data-modifying CTEs); the use-case, [`register::register`], runs it in the transaction that
+//! also enqueues the team's jobs, links them to the team and records the idempotency answer,
+//! so all of it commits or none does. Team ids come from a sequence: no row is locked to
+//! number a team. What a submission must satisfy before any of this runs is in
+//! [`validation`].
+
+pub mod register;
+pub mod validation;
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
+use engine::jobs::JobArgs;
+
+use crate::jobs::upload_logo::UploadLogo;
 
 /// Errors of the registration statements.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +29,12 @@ pub enum RegistrationError {
     /// No pooled connection could be had.
     #[error("no database connection: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
+    /// A registration's jobs could not be enqueued.
+    #[error(transparent)]
+    Queue(#[from] engine::queue::QueueError),
+    /// An idempotency record's answer could not be written or read back.
+    #[error("idempotency answer: {0}")]
+    Answer(#[from] serde_json::Error),
 }
 
 /// A `Result` with [`RegistrationError`].
@@ -36,7 +50,7 @@ pub const REGISTRATION_SCOPE: &str = "registration";
 /// workers delete the record after it.
 pub const DEFAULT_IDEMPOTENCY_TTL_S: u64 = 86_400;
 
-/// A team to register, already validated by the caller (the schema's CHECKs are the backstop).
+/// A team to insert, already validated by the caller (the schema's CHECKs are the backstop).
 #[derive(Debug, Clone)]
 pub struct NewTeam<'a> {
     /// The team's name, 3 to 80 characters.
@@ -83,9 +97,9 @@ pub struct NewLogo<'a> {
     pub sha256: &'a [u8],
 }
 
-/// A registered team's number and id.
+/// An inserted team's number and id.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Registered {
+pub struct InsertedTeam {
     /// The sequence number behind the id.
     pub number: i64,
     /// The human-readable id, e.g. `ICCT-001`.
@@ -166,7 +180,7 @@ pub async fn insert_team(
     client: &impl GenericClient,
     prefix: &str,
     team: &NewTeam<'_>,
-) -> Result<Registered> {
+) -> Result<InsertedTeam> {
     let names: Vec<&str> = team.players.iter().map(|p| p.name.as_str()).collect();
     let roles: Vec<&str> = team.players.iter().map(|p| p.role.as_str()).collect();
     let phones: Vec<&str> = team.players.iter().map(|p| p.phone.as_str()).collect();
@@ -195,7 +209,7 @@ pub async fn insert_team(
             ],
         )
         .await?;
-    Ok(Registered {
+    Ok(InsertedTeam {
         number: row.get(0),
         team_id: row.get(1),
     })
@@ -334,20 +348,22 @@ pub async fn logo_stored(
     Ok(n > 0)
 }
 
-/// Logo bytes that no upload will read: older than the retention, with no `upload_logo` job
-/// of their team unfinished (available, scheduled, retryable or running) and none finished
-/// within the retention either. So bytes wait as long as an upload of them may still run, and
-/// after the last upload was discarded or cancelled they stay one retention more, for an
-/// operator to retry it. Bytes the upload job is dropping right now (row locked) are skipped.
+/// Logo bytes that no upload will read: older than the retention, with no job of kind `$3`
+/// (`upload_logo`) linked to their team unfinished (available, scheduled, retryable or
+/// running) and none finished within the retention either. So bytes wait as long as an upload
+/// of them may still run, and after the last upload was discarded or cancelled they stay one
+/// retention more, for an operator to retry it. Bytes the upload job is dropping right now
+/// (row locked) are skipped. A link whose job the engine has pruned joins nothing: that job
+/// finished long ago.
 const PRUNE_LOGOS: &str = "
 DELETE FROM team_logos WHERE team_number IN (
   SELECT l.team_number
-    FROM team_logos l JOIN teams t ON t.number = l.team_number
+    FROM team_logos l
    WHERE l.created_at < now() - $1::bigint * interval '1 millisecond'
      AND NOT EXISTS (
-           SELECT 1 FROM jobs j
-            WHERE j.args ? 'team_id' AND j.args ->> 'team_id' = t.team_id
-              AND j.kind = 'upload_logo'
+           SELECT 1 FROM team_jobs tj JOIN jobs j ON j.id = tj.job_id
+            WHERE tj.team_number = l.team_number
+              AND tj.kind = $3
               AND (j.state NOT IN ('completed', 'discarded', 'cancelled')
                    OR j.finished_at >= now() - $1::bigint * interval '1 millisecond'))
    ORDER BY l.team_number
@@ -366,7 +382,48 @@ pub async fn prune_logos(
     let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let stmt = client.prepare_cached(PRUNE_LOGOS).await?;
-    Ok(client.execute(&stmt, &[&retention_ms, &limit]).await?)
+    Ok(client
+        .execute(&stmt, &[&retention_ms, &limit, &UploadLogo::KIND])
+        .await?)
+}
+
+/// Link jobs to the team `$1`: parallel arrays of job ids and their kinds.
+const LINK_JOBS: &str = "
+INSERT INTO team_jobs (team_number, job_id, kind)
+SELECT t.number, u.job_id, u.kind
+  FROM teams t, unnest($2::bigint[], $3::text[]) AS u(job_id, kind)
+ WHERE t.team_id = $1";
+
+/// Link `jobs` (id and kind) to the team `team_id`, in the transaction that enqueued them:
+/// a team's jobs are found through these links ([`team_job_ids`], [`prune_logos`]), never by
+/// reading their args. Returns how many links were written (none if the team does not exist).
+pub async fn link_jobs(
+    client: &impl GenericClient,
+    team_id: &str,
+    jobs: &[(i64, &str)],
+) -> Result<u64> {
+    let ids: Vec<i64> = jobs.iter().map(|(id, _)| *id).collect();
+    let kinds: Vec<&str> = jobs.iter().map(|(_, kind)| *kind).collect();
+    let stmt = client.prepare_cached(LINK_JOBS).await?;
+    Ok(client.execute(&stmt, &[&team_id, &ids, &kinds]).await?)
+}
+
+const TEAM_JOB_IDS: &str = "
+SELECT tj.job_id
+  FROM team_jobs tj JOIN teams t ON t.number = tj.team_number
+ WHERE t.team_id = $1
+ ORDER BY tj.job_id";
+
+/// The ids of the jobs linked to `team_id`, oldest first; read the jobs themselves with
+/// `engine::queue::admin::jobs_by_ids`. Ids of jobs the engine has pruned since are among
+/// them, and that read skips them.
+pub async fn team_job_ids(client: &impl GenericClient, team_id: &str) -> Result<Vec<i64>> {
+    Ok(client
+        .query(TEAM_JOB_IDS, &[&team_id])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
 }
 
 /// A remembered answer to an idempotency key.

@@ -4,8 +4,10 @@
 //! that guard calls to external services.
 //!
 //! **Architecture invariants:** this crate knows PostgreSQL and serde; it never imports poem,
-//! apalis, reqwest or lettre, and it knows nothing of the application that runs on it: an
-//! application hands it its kinds as a [`jobs::Kinds`] (checked by `testkit`'s tidy tests).
+//! apalis, reqwest or lettre, and it knows nothing of the application that runs on it, not
+//! even in SQL: an application hands it its kinds as a [`jobs::Kinds`], keeps in its own
+//! tables which jobs belong to its rows, and reads those jobs by id
+//! (`queue::admin::jobs_by_ids`). `testkit`'s tidy tests check it.
 #![warn(missing_docs)]
 
 pub mod breaker;

@@ -346,7 +346,11 @@ async fn a_worker_drops_the_logo_bytes_of_an_abandoned_upload_and_keeps_a_pendin
             json!({ "team_id": team_id }),
         )
         .unwrap();
-        ids.push(engine::queue::enqueue(&c, &job).await.unwrap().id);
+        let id = engine::queue::enqueue(&c, &job).await.unwrap().id;
+        domain::registrations::link_jobs(&c, &team_id, &[(id, "upload_logo")])
+            .await
+            .unwrap();
+        ids.push(id);
     }
     // Both registered two hours ago; the first team's upload was cancelled an hour ago, the
     // second's still waits for a worker serving `uploads` (none here).
