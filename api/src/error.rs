@@ -19,7 +19,7 @@ use poem_openapi::registry::{MetaResponses, Registry};
 use poem_openapi::{ApiResponse, Object};
 use serde_json::Value;
 
-use crate::middleware::context::current_request_id;
+use crate::request_id::current_request_id;
 
 /// The machine-readable error codes, each with its HTTP status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

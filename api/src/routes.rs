@@ -14,7 +14,7 @@ use poem_openapi::Tags;
 
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::middleware::context::current_request_id;
+use crate::request_id::current_request_id;
 
 /// Operation groups in the spec.
 #[derive(Tags)]

@@ -15,7 +15,7 @@ use serde_json::Value;
 use super::{Tag, audit, cursor, field_error, page_size};
 use crate::auth::{Auth, Credentials};
 use crate::error::ApiError;
-use crate::middleware::context::current_request_id;
+use crate::request_id::current_request_id;
 
 /// Most tags a job may carry, and their longest length.
 const MAX_TAGS: usize = 20;

@@ -28,7 +28,7 @@ use super::jobs::Job;
 use super::{Tag, cursor, page_size};
 use crate::auth::{Auth, Credentials};
 use crate::error::{ApiError, ErrorCode};
-use crate::middleware::context::current_request_id;
+use crate::request_id::current_request_id;
 
 /// The registration operations.
 pub struct RegistrationsApi {
