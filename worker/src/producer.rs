@@ -95,7 +95,7 @@ impl Producer {
         }
     }
 
-    async fn fetch(&self, limit: usize) -> Result<Vec<FetchedJob>, engine::queue::QueueError> {
+    async fn fetch(&self, limit: usize) -> Result<Vec<FetchedJob>, engine::db::DbError> {
         let conn = self.pool.get().await?;
         fetch::fetch(&conn, &self.queue, &self.worker, self.lease, limit).await
     }

@@ -15,6 +15,7 @@ use domain::jobs::upload_logo::UploadLogo;
 use domain::registrations::{
     self as reg, MAX_LOGO_BYTES, MAX_PLAYERS, NewLogo, NewTeam, Player, REGISTRATION_SCOPE,
 };
+use engine::db::DbError;
 use engine::jobs::JobArgs;
 use engine::queue::{JobOptions, NewJob, admin, enqueue_many};
 use poem_openapi::param::{Header, Path, Query};
@@ -215,7 +216,7 @@ impl RegistrationsApi {
         let valid = Valid::check(form, key).await?;
         let fingerprint = valid.fingerprint();
         let mut conn = self.pool.get().await?;
-        let tx = conn.transaction().await?;
+        let tx = conn.transaction().await.map_err(DbError::from)?;
         if let Some(key) = &valid.key {
             let claimed = reg::claim_key(
                 &tx,
@@ -224,13 +225,10 @@ impl RegistrationsApi {
                 &fingerprint,
                 self.idempotency_ttl,
             )
-            .await
-            .map_err(registration_error)?;
+            .await?;
             if !claimed {
-                let record = reg::key_record(&tx, REGISTRATION_SCOPE, key)
-                    .await
-                    .map_err(registration_error)?;
-                tx.rollback().await?;
+                let record = reg::key_record(&tx, REGISTRATION_SCOPE, key).await?;
+                tx.rollback().await.map_err(DbError::from)?;
                 return replay(record, &fingerprint);
             }
         }
@@ -255,8 +253,7 @@ impl RegistrationsApi {
                 request_id: request_id.as_deref(),
             },
         )
-        .await
-        .map_err(registration_error)?;
+        .await?;
         let mut meta = serde_json::Map::new();
         if let Some(id) = &request_id {
             meta.insert("request_id".into(), id.clone().into());
@@ -293,11 +290,9 @@ impl RegistrationsApi {
         };
         if let Some(key) = &valid.key {
             let json = serde_json::to_value(&body).map_err(ApiError::internal)?;
-            reg::store_answer(&tx, REGISTRATION_SCOPE, key, 201, &json)
-                .await
-                .map_err(registration_error)?;
+            reg::store_answer(&tx, REGISTRATION_SCOPE, key, 201, &json).await?;
         }
-        tx.commit().await?;
+        tx.commit().await.map_err(DbError::from)?;
         Ok(RegisterResponse::Created(Json(body), None))
     }
 
@@ -316,10 +311,7 @@ impl RegistrationsApi {
             return Err(not_found());
         }
         let conn = self.pool.get().await?;
-        let team = reg::team(&conn, &team_id.0)
-            .await
-            .map_err(registration_error)?
-            .ok_or_else(not_found)?;
+        let team = reg::team(&conn, &team_id.0).await?.ok_or_else(not_found)?;
         let jobs = admin::team_jobs(&conn, &team.team_id).await?;
         Ok(Json(TeamDetail {
             team: TeamOut::from(&team),
@@ -350,9 +342,7 @@ impl RegistrationsApi {
         let limit = page_size(limit.0)?;
         let before = self::cursor(cursor.0.as_deref())?;
         let conn = self.pool.get().await?;
-        let teams = reg::list_teams(&conn, before, limit)
-            .await
-            .map_err(registration_error)?;
+        let teams = reg::list_teams(&conn, before, limit).await?;
         let next_cursor = (teams.len() as i64 == limit)
             .then(|| teams.last().map(|t| t.number.to_string()))
             .flatten();
@@ -384,14 +374,6 @@ fn replay(
     }
     let body: Registration = serde_json::from_value(record.body).map_err(ApiError::internal)?;
     Ok(RegisterResponse::Created(Json(body), Some("true".into())))
-}
-
-/// A database error of `domain::registrations` as an answer.
-fn registration_error(e: reg::RegistrationError) -> ApiError {
-    match e {
-        reg::RegistrationError::Pool(p) => ApiError::unavailable(p),
-        reg::RegistrationError::Postgres(pg) => ApiError::from(pg),
-    }
 }
 
 /// A registration that passed every check.

@@ -3,6 +3,7 @@
 
 mod auth;
 mod breakers;
+mod db_errors;
 mod errors;
 mod jobs;
 mod middleware;

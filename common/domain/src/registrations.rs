@@ -11,20 +11,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
-
-/// Errors of the registration statements.
-#[derive(Debug, thiserror::Error)]
-pub enum RegistrationError {
-    /// A statement failed.
-    #[error(transparent)]
-    Postgres(#[from] tokio_postgres::Error),
-    /// No pooled connection could be had.
-    #[error("no database connection: {0}")]
-    Pool(#[from] deadpool_postgres::PoolError),
-}
-
-/// A `Result` with [`RegistrationError`].
-pub type Result<T, E = RegistrationError> = std::result::Result<T, E>;
+use engine::db::Result;
 
 /// Most players a team may register.
 pub const MAX_PLAYERS: usize = 20;

@@ -72,7 +72,9 @@ pub async fn cancel(client: &impl GenericClient, id: i64) -> Result<Option<JobSt
 }
 
 /// Make a finished or waiting job available to run now, with a fresh attempt budget if it had
-/// used it up. Running jobs are left alone. Returns whether the job was retried.
+/// used it up. Running jobs are left alone. Returns whether the job was retried. When another
+/// unfinished job holds the job's unique key, the index [`super::UNIQUE_KEY_INDEX`] refuses the
+/// retry (a unique violation naming it).
 pub async fn retry(client: &impl GenericClient, id: i64) -> Result<bool> {
     let row = client
         .query_opt(

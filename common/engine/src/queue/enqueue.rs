@@ -10,9 +10,17 @@ use chrono::{DateTime, Utc};
 use postgres_types::Type;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 
+use super::QueueError;
 use super::job::JobState;
-use super::{QueueError, Result};
 use crate::jobs::{ArgsError, JobArgs, KindSpec};
+
+/// An enqueue's result: a database error or one of its own refusals.
+type Result<T, E = QueueError> = std::result::Result<T, E>;
+
+/// The partial unique index holding one unfinished job per unique key (`V1__jobs.sql`). The
+/// inserts below name its columns and predicate in `ON CONFLICT`, and an operator's retry
+/// (`control::retry`) that would give a second unfinished job the same key is refused by it.
+pub const UNIQUE_KEY_INDEX: &str = "jobs_unique_key_idx";
 
 /// Batches at least this large, without unique keys, go through binary `COPY`; smaller ones
 /// through one multi-row `INSERT`. Around a few hundred rows COPY's extra round trip (the id
