@@ -657,16 +657,8 @@ fn services(src: &(impl Source + ?Sized)) -> Result<ServicesSettings, ConfigErro
                 )
             })?;
             let service = service.trim();
-            if service.is_empty()
-                || !service
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
-            {
-                return Err(ConfigError::new(
-                    "RATE_LIMITS",
-                    format!("{service:?} is not a service name (letters, digits, _ - .)"),
-                ));
-            }
+            engine::names::ServiceName::parse(service)
+                .map_err(|e| ConfigError::new("RATE_LIMITS", e.to_string()))?;
             let rate_limit = Some(limit("RATE_LIMITS", l)?);
             let old = services.insert(
                 service.to_owned(),
@@ -805,17 +797,8 @@ fn parse_queues(raw: &str, default_slots: usize) -> Result<Vec<(String, usize)>,
             ),
             None => (part, default_slots),
         };
-        let valid = !name.is_empty()
-            && name.len() <= 128
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
-        if !valid {
-            return Err(ConfigError::new(
-                "WORKER_QUEUES",
-                format!("{name:?} is not a queue name (letters, digits, _ - .)"),
-            ));
-        }
+        engine::names::QueueName::parse(name)
+            .map_err(|e| ConfigError::new("WORKER_QUEUES", e.to_string()))?;
         if out.iter().any(|(n, _)| n == name) {
             return Err(ConfigError::new(
                 "WORKER_QUEUES",

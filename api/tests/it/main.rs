@@ -7,6 +7,7 @@ mod db_errors;
 mod errors;
 mod jobs;
 mod middleware;
+mod names;
 mod probes;
 mod registrations;
 mod server;

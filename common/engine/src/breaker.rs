@@ -19,6 +19,7 @@ use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
 use crate::db::DbError;
+use crate::names::ServiceName;
 
 /// Where a breaker is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,10 +239,13 @@ pub async fn record_successes(
 /// released from a forced open probes at once).
 pub async fn force(
     client: &mut deadpool_postgres::Client,
-    service: &str,
+    service: &ServiceName,
     force: Force,
 ) -> Result<Outcome<()>, DbError> {
-    locked(client, service, |b, now| ((), b.force_at(force, now))).await
+    locked(client, service.as_str(), |b, now| {
+        ((), b.force_at(force, now))
+    })
+    .await
 }
 
 const LIST: &str = "SELECT service, state, consecutive_failures, window_started_at, \
