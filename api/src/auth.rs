@@ -184,8 +184,7 @@ impl Auth {
             Credentials::ApiKey(ApiKeyAuth(k)) => {
                 let conn = self.pool.get().await?;
                 let (id, name, role) = accounts::use_api_key(&conn, &sha256(&k.key))
-                    .await
-                    .map_err(account_error)?
+                    .await?
                     .ok_or_else(|| ApiError::unauthorized("invalid or revoked API key"))?;
                 Principal {
                     caller: Caller::ApiKey { id, name },
@@ -200,14 +199,6 @@ impl Auth {
             )));
         }
         Ok(principal)
-    }
-}
-
-/// A database error of `domain::accounts` as an answer.
-pub fn account_error(e: accounts::AccountError) -> ApiError {
-    match e {
-        accounts::AccountError::Pool(p) => ApiError::unavailable(p),
-        e => ApiError::internal(e),
     }
 }
 

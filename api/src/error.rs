@@ -12,6 +12,7 @@
 
 use std::fmt;
 
+use engine::db::DbError;
 use poem::http::StatusCode;
 use poem::{IntoResponse, Response};
 use poem_openapi::payload::Json;
@@ -19,7 +20,7 @@ use poem_openapi::registry::{MetaResponses, Registry};
 use poem_openapi::{ApiResponse, Object};
 use serde_json::Value;
 
-use crate::middleware::context::current_request_id;
+use crate::request_id::current_request_id;
 
 /// The machine-readable error codes, each with its HTTP status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -347,11 +348,34 @@ impl ApiResponse for ApiError {
     }
 }
 
+/// The one answer to a database error, whichever route met it: 503 when the database is out of
+/// reach (the caller may try again), 409 when an operator's retry would give a second
+/// unfinished job the same unique key, and 500 for anything else, its cause logged.
+impl From<DbError> for ApiError {
+    fn from(e: DbError) -> Self {
+        if e.is_connection_lost() {
+            ApiError::unavailable(e)
+        } else if e.violates(engine::queue::UNIQUE_KEY_INDEX) {
+            ApiError::conflict("an unfinished job already holds this job's unique key")
+        } else {
+            ApiError::internal(e)
+        }
+    }
+}
+
+/// No pooled connection: a database error like any other.
+impl From<deadpool_postgres::PoolError> for ApiError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        ApiError::from(DbError::from(e))
+    }
+}
+
 impl From<engine::queue::QueueError> for ApiError {
     fn from(e: engine::queue::QueueError) -> Self {
         use engine::jobs::ArgsError;
         use engine::queue::QueueError;
         match e {
+            QueueError::Db(e) => ApiError::from(e),
             QueueError::Args(a) => {
                 let (field, message) = match &a {
                     ArgsError::UnknownKind(_) => ("kind".to_owned(), a.to_string()),
@@ -367,26 +391,8 @@ impl From<engine::queue::QueueError> for ApiError {
                 ApiError::validation(format!("invalid {field}: {message}"))
                     .with_details(serde_json::json!({"field_errors": {field: message}}))
             }
-            e if e.is_connection() => ApiError::unavailable(e),
-            QueueError::Postgres(pg)
-                if pg.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) =>
-            {
-                ApiError::conflict("an unfinished job already holds this job's unique key")
-            }
-            e => ApiError::internal(e),
+            e @ QueueError::UniqueKeyContention => ApiError::internal(e),
         }
-    }
-}
-
-impl From<tokio_postgres::Error> for ApiError {
-    fn from(e: tokio_postgres::Error) -> Self {
-        ApiError::from(engine::queue::QueueError::from(e))
-    }
-}
-
-impl From<deadpool_postgres::PoolError> for ApiError {
-    fn from(e: deadpool_postgres::PoolError) -> Self {
-        ApiError::unavailable(e)
     }
 }
 

@@ -16,6 +16,7 @@ pub mod error;
 pub mod metrics;
 pub mod middleware;
 pub mod probes;
+pub mod request_id;
 pub mod routes;
 
 use metrics::Metrics;

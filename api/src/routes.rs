@@ -10,11 +10,12 @@ pub mod queues;
 pub mod registrations;
 
 use deadpool_postgres::GenericClient;
+use engine::names::{QueueName, ServiceName};
 use poem_openapi::Tags;
 
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::middleware::context::current_request_id;
+use crate::request_id::current_request_id;
 
 /// Operation groups in the spec.
 #[derive(Tags)]
@@ -65,6 +66,16 @@ pub fn field_error(field: &str, message: impl Into<String>) -> ApiError {
     let message = message.into();
     ApiError::validation(format!("invalid {field}: {message}"))
         .with_details(serde_json::json!({"field_errors": {field: message}}))
+}
+
+/// The queue name `raw` given as `field`, or 422 naming the field and the rule.
+pub fn queue_name(field: &str, raw: &str) -> Result<QueueName, ApiError> {
+    QueueName::parse(raw).map_err(|e| field_error(field, e.rule()))
+}
+
+/// The service name `raw` given as `field`, or 422 naming the field and the rule.
+pub fn service_name(field: &str, raw: &str) -> Result<ServiceName, ApiError> {
+    ServiceName::parse(raw).map_err(|e| field_error(field, e.rule()))
 }
 
 /// Record an operator action in the audit log.

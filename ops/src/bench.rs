@@ -191,7 +191,7 @@ fn noop(args: serde_json::Value) -> NewJob {
     NewJob::from_json(&engine::jobs::noop::SPEC, args)
         .expect("noop args")
         .with(JobOptions {
-            queue: Some("default".into()),
+            queue: Some("default".parse().expect("a queue name")),
             ..Default::default()
         })
 }

@@ -16,21 +16,13 @@ use tracing::Instrument;
 
 use crate::error::{ApiError, ErrorCause};
 use crate::metrics::Metrics;
+use crate::request_id;
 
 /// The request id header, read and echoed.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// Longest accepted caller-supplied request id; longer ones are replaced.
 const MAX_REQUEST_ID_LEN: usize = 128;
-
-tokio::task_local! {
-    static REQUEST_ID: Arc<str>;
-}
-
-/// The id of the request being served on this task, if any.
-pub fn current_request_id() -> Option<String> {
-    REQUEST_ID.try_with(|id| id.to_string()).ok()
-}
 
 /// The request-context middleware; it also counts each answer in the app's metrics.
 pub struct RequestContext {
@@ -76,15 +68,14 @@ impl<E: Endpoint> Endpoint for RequestContextEndpoint<E> {
         let span = tracing::info_span!("request", request_id = %id, method = %method);
         let started = Instant::now();
         let inner = &self.inner;
-        let mut resp = REQUEST_ID
-            .scope(id.clone(), async move {
-                match inner.call(req).await {
-                    Ok(r) => r.into_response(),
-                    Err(e) => error_response(e),
-                }
-            })
-            .instrument(span.clone())
-            .await;
+        let mut resp = request_id::scope(id.clone(), async move {
+            match inner.call(req).await {
+                Ok(r) => r.into_response(),
+                Err(e) => error_response(e),
+            }
+        })
+        .instrument(span.clone())
+        .await;
         let elapsed = started.elapsed().as_secs_f64();
         let duration_ms = elapsed * 1000.0;
         let route = match resp.data::<PathPattern>() {

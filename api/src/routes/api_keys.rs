@@ -10,7 +10,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::{Tag, audit};
-use crate::auth::{Auth, Credentials, account_error, random_token, sha256};
+use crate::auth::{Auth, Credentials, random_token, sha256};
 use crate::error::ApiError;
 
 /// Prefix of every key, so that a leaked one is recognisable (secret scanners).
@@ -124,8 +124,7 @@ impl ApiKeysApi {
         let conn = self.auth.pool().get().await?;
         let stored =
             accounts::create_api_key(&conn, &name, &prefix, &sha256(&key), role, admin.user_id())
-                .await
-                .map_err(account_error)?;
+                .await?;
         Ok(Created::Created(Json(CreatedApiKey {
             key,
             info: info(stored),
@@ -137,9 +136,7 @@ impl ApiKeysApi {
     async fn list(&self, creds: Credentials) -> Result<Json<Vec<ApiKeyInfo>>, ApiError> {
         self.auth.require(&creds, Role::Admin).await?;
         let conn = self.auth.pool().get().await?;
-        let keys = accounts::list_api_keys(&conn)
-            .await
-            .map_err(account_error)?;
+        let keys = accounts::list_api_keys(&conn).await?;
         Ok(Json(keys.into_iter().map(info).collect()))
     }
 
@@ -148,10 +145,7 @@ impl ApiKeysApi {
     async fn revoke(&self, creds: Credentials, id: Path<i64>) -> Result<Revoked, ApiError> {
         let admin = self.auth.require(&creds, Role::Admin).await?;
         let conn = self.auth.pool().get().await?;
-        if accounts::revoke_api_key(&conn, id.0)
-            .await
-            .map_err(account_error)?
-        {
+        if accounts::revoke_api_key(&conn, id.0).await? {
             let target = Some(format!("api_key:{}", id.0));
             audit(&conn, &admin, "api_key.revoke", target, None, 1).await?;
             Ok(Revoked::Done)

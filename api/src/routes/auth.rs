@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use domain::accounts::{self, Role, Rotation};
+use engine::db::DbError;
 use poem::Request;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
@@ -16,8 +17,8 @@ use serde_json::json;
 use super::Tag;
 use crate::auth::{
     ACCESS_TTL, Auth, Credentials, LOGIN_FAILURE_WINDOW, MAX_FAILURES_PER_ACCOUNT,
-    MAX_FAILURES_PER_IP, REFRESH_TTL, account_error, hash_password, password_problem, random_token,
-    sha256, username_problem, verify_password,
+    MAX_FAILURES_PER_IP, REFRESH_TTL, hash_password, password_problem, random_token, sha256,
+    username_problem, verify_password,
 };
 use crate::config::IpNet;
 use crate::error::ApiError;
@@ -129,8 +130,7 @@ impl AuthApi {
         let hash = hash_password(password).await?;
         let conn = self.auth.pool().get().await?;
         let user = accounts::create_user(&conn, &username, &hash, Role::User)
-            .await
-            .map_err(account_error)?
+            .await?
             .ok_or_else(|| ApiError::conflict("that user name is taken"))?;
         Ok(Registered::Created(Json(UserInfo {
             id: user.id,
@@ -156,29 +156,19 @@ impl AuthApi {
         );
         let conn = self.auth.pool().get().await?;
         let (by_account, by_ip) =
-            accounts::recent_login_failures(&conn, &username, ip, LOGIN_FAILURE_WINDOW)
-                .await
-                .map_err(account_error)?;
+            accounts::recent_login_failures(&conn, &username, ip, LOGIN_FAILURE_WINDOW).await?;
         if by_account >= MAX_FAILURES_PER_ACCOUNT || by_ip >= MAX_FAILURES_PER_IP {
             return Err(ApiError::rate_limited(LOGIN_FAILURE_WINDOW.as_secs()));
         }
-        let user = accounts::find_user(&conn, &username)
-            .await
-            .map_err(account_error)?;
+        let user = accounts::find_user(&conn, &username).await?;
         let ok = verify_password(password, user.as_ref().map(|u| u.password_hash.clone())).await?;
         let Some(user) = user.filter(|_| ok) else {
-            accounts::record_login_failure(&conn, &username, ip, LOGIN_FAILURE_WINDOW)
-                .await
-                .map_err(account_error)?;
+            accounts::record_login_failure(&conn, &username, ip, LOGIN_FAILURE_WINDOW).await?;
             return Err(ApiError::unauthorized("wrong user name or password"));
         };
-        accounts::clear_login_failures(&conn, &user.username)
-            .await
-            .map_err(account_error)?;
+        accounts::clear_login_failures(&conn, &user.username).await?;
         let refresh = random_token("");
-        accounts::start_refresh_family(&conn, user.id, &sha256(&refresh), REFRESH_TTL)
-            .await
-            .map_err(account_error)?;
+        accounts::start_refresh_family(&conn, user.id, &sha256(&refresh), REFRESH_TTL).await?;
         Ok(Json(self.tokens(
             user.id,
             &user.username,
@@ -192,7 +182,7 @@ impl AuthApi {
     #[oai(path = "/refresh", method = "post")]
     async fn refresh(&self, body: Json<RefreshRequest>) -> Result<Json<TokenPair>, ApiError> {
         let mut conn = self.auth.pool().get().await?;
-        let tx = conn.transaction().await.map_err(ApiError::internal)?;
+        let tx = conn.transaction().await.map_err(DbError::from)?;
         let next = random_token("");
         let rotation = accounts::rotate_refresh(
             &tx,
@@ -200,12 +190,11 @@ impl AuthApi {
             &sha256(&next),
             REFRESH_TTL,
         )
-        .await
-        .map_err(account_error)?;
+        .await?;
         let user_id = match rotation {
             Rotation::Rotated { user_id } => user_id,
             Rotation::Reused => {
-                tx.commit().await.map_err(ApiError::internal)?;
+                tx.commit().await.map_err(DbError::from)?;
                 return Err(ApiError::unauthorized(
                     "refresh token reused: the session is revoked, log in again",
                 ));
@@ -215,10 +204,9 @@ impl AuthApi {
             }
         };
         let user = accounts::get_user(&tx, user_id)
-            .await
-            .map_err(account_error)?
+            .await?
             .ok_or_else(|| ApiError::unauthorized("invalid or expired refresh token"))?;
-        tx.commit().await.map_err(ApiError::internal)?;
+        tx.commit().await.map_err(DbError::from)?;
         Ok(Json(self.tokens(
             user.id,
             &user.username,
@@ -231,9 +219,7 @@ impl AuthApi {
     #[oai(path = "/logout", method = "post")]
     async fn logout(&self, body: Json<RefreshRequest>) -> Result<LoggedOut, ApiError> {
         let conn = self.auth.pool().get().await?;
-        accounts::revoke_refresh_family(&conn, &sha256(&body.0.refresh_token))
-            .await
-            .map_err(account_error)?;
+        accounts::revoke_refresh_family(&conn, &sha256(&body.0.refresh_token)).await?;
         Ok(LoggedOut::Done)
     }
 

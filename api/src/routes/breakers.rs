@@ -12,7 +12,7 @@ use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use poem_openapi::{Enum, Object, OpenApi};
 
-use super::{Tag, audit, field_error};
+use super::{Tag, audit, service_name};
 use crate::auth::{Auth, Credentials};
 use crate::error::ApiError;
 
@@ -107,18 +107,6 @@ pub struct Breaker {
     pub rate_limit: Option<RateLimitUsage>,
 }
 
-fn check_service(service: &str) -> Result<(), ApiError> {
-    let ok = !service.is_empty()
-        && service.len() <= 64
-        && service
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
-    if !ok {
-        return Err(field_error("service", "1 to 64 letters, digits, _ - ."));
-    }
-    Ok(())
-}
-
 fn usage(u: Usage) -> RateLimitUsage {
     RateLimitUsage {
         max_calls: u.limit.max_calls,
@@ -199,8 +187,7 @@ impl BreakersApi {
         body: Json<ForceRequest>,
     ) -> Result<Json<Breaker>, ApiError> {
         let who = self.auth.require(&creds, Role::Operator).await?;
-        let service = service.0;
-        check_service(&service)?;
+        let service = service_name("service", &service.0)?;
         let (force, action) = match body.0.state {
             ForceState::Open => (Force::Open, "breaker.force_open"),
             ForceState::Closed => (Force::Closed, "breaker.force_closed"),

@@ -12,10 +12,10 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
 use serde_json::Value;
 
-use super::{Tag, audit, cursor, field_error, page_size};
+use super::{Tag, audit, cursor, field_error, page_size, queue_name};
 use crate::auth::{Auth, Credentials};
 use crate::error::ApiError;
-use crate::middleware::context::current_request_id;
+use crate::request_id::current_request_id;
 
 /// Most tags a job may carry, and their longest length.
 const MAX_TAGS: usize = 20;
@@ -237,16 +237,22 @@ pub struct BulkFilter {
     pub created_before: Option<DateTime<Utc>>,
 }
 
-impl From<BulkFilter> for JobFilter {
-    fn from(f: BulkFilter) -> Self {
-        JobFilter {
-            queue: f.queue,
+impl TryFrom<BulkFilter> for JobFilter {
+    type Error = ApiError;
+
+    fn try_from(f: BulkFilter) -> Result<Self, ApiError> {
+        Ok(JobFilter {
+            queue: f
+                .queue
+                .as_deref()
+                .map(|q| queue_name("queue", q))
+                .transpose()?,
             kind: f.kind,
             state: f.state.map(JobState::from),
             tag: f.tag,
             created_after: f.created_after,
             created_before: f.created_before,
-        }
+        })
     }
 }
 
@@ -302,7 +308,11 @@ impl JobsApi {
             r.args.unwrap_or_else(|| serde_json::json!({})),
         )?
         .with(JobOptions {
-            queue: r.queue,
+            queue: r
+                .queue
+                .as_deref()
+                .map(|q| queue_name("queue", q))
+                .transpose()?,
             priority: r.priority,
             run_at: r.run_at,
             max_attempts: r.max_attempts,
@@ -351,7 +361,11 @@ impl JobsApi {
         let limit = page_size(limit.0)?;
         let before = self::cursor(cursor.0.as_deref())?;
         let filter = JobFilter {
-            queue: queue.0,
+            queue: queue
+                .0
+                .as_deref()
+                .map(|q| queue_name("queue", q))
+                .transpose()?,
             kind: kind.0,
             state: state.0.map(JobState::from),
             tag: tag.0,
@@ -488,7 +502,7 @@ impl JobsApi {
         action: Bulk,
     ) -> Result<Json<BulkResult>, ApiError> {
         let who = self.auth.require(&creds, Role::Operator).await?;
-        let filter = JobFilter::from(filter);
+        let filter = JobFilter::try_from(filter)?;
         if filter.is_empty() {
             return Err(field_error(
                 "filter",

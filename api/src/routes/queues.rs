@@ -10,7 +10,7 @@ use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi};
 
-use super::{Tag, audit, field_error};
+use super::{Tag, audit, queue_name};
 use crate::auth::{Auth, Credentials};
 use crate::error::ApiError;
 
@@ -90,13 +90,6 @@ pub struct Worker {
     pub started_at: DateTime<Utc>,
     /// Its last heartbeat.
     pub last_heartbeat: DateTime<Utc>,
-}
-
-fn check_name(name: &str) -> Result<(), ApiError> {
-    if name.is_empty() || name.chars().count() > 128 {
-        return Err(field_error("name", "1 to 128 characters"));
-    }
-    Ok(())
 }
 
 #[OpenApi(tag = "Tag::Queues")]
@@ -191,7 +184,7 @@ impl QueuesApi {
         paused: bool,
     ) -> Result<Json<QueuePaused>, ApiError> {
         let who = self.auth.require(&creds, Role::Operator).await?;
-        check_name(&name)?;
+        let name = queue_name("name", &name)?;
         let conn = self.auth.pool().get().await?;
         if paused {
             control::pause(&conn, &name).await?;
@@ -204,6 +197,9 @@ impl QueuesApi {
             "queue.resume"
         };
         audit(&conn, &who, action, Some(format!("queue:{name}")), None, 1).await?;
-        Ok(Json(QueuePaused { name, paused }))
+        Ok(Json(QueuePaused {
+            name: name.into(),
+            paused,
+        }))
     }
 }

@@ -29,7 +29,7 @@ use super::jobs::Job;
 use super::{Tag, cursor, page_size};
 use crate::auth::{Auth, Credentials};
 use crate::error::{ApiError, ErrorCode};
-use crate::middleware::context::current_request_id;
+use crate::request_id::current_request_id;
 
 /// The registration operations.
 pub struct RegistrationsApi {
@@ -256,13 +256,8 @@ impl RegistrationsApi {
             return Err(not_found());
         }
         let conn = self.pool.get().await?;
-        let team = reg::team(&conn, &team_id.0)
-            .await
-            .map_err(registration_error)?
-            .ok_or_else(not_found)?;
-        let ids = reg::team_job_ids(&conn, &team.team_id)
-            .await
-            .map_err(registration_error)?;
+        let team = reg::team(&conn, &team_id.0).await?.ok_or_else(not_found)?;
+        let ids = reg::team_job_ids(&conn, &team.team_id).await?;
         let jobs = admin::jobs_by_ids(&conn, &ids).await?;
         Ok(Json(TeamDetail {
             team: TeamOut::from(&team),
@@ -293,9 +288,7 @@ impl RegistrationsApi {
         let limit = page_size(limit.0)?;
         let before = self::cursor(cursor.0.as_deref())?;
         let conn = self.pool.get().await?;
-        let teams = reg::list_teams(&conn, before, limit)
-            .await
-            .map_err(registration_error)?;
+        let teams = reg::list_teams(&conn, before, limit).await?;
         let next_cursor = (teams.len() as i64 == limit)
             .then(|| teams.last().map(|t| t.number.to_string()))
             .flatten();
@@ -309,8 +302,7 @@ impl RegistrationsApi {
 /// A database error of `domain::registrations` as an answer.
 fn registration_error(e: reg::RegistrationError) -> ApiError {
     match e {
-        reg::RegistrationError::Pool(p) => ApiError::unavailable(p),
-        reg::RegistrationError::Postgres(pg) => ApiError::from(pg),
+        reg::RegistrationError::Db(d) => ApiError::from(d),
         reg::RegistrationError::Queue(q) => ApiError::from(q),
         reg::RegistrationError::Answer(a) => ApiError::internal(a),
     }

@@ -3,9 +3,11 @@
 
 mod auth;
 mod breakers;
+mod db_errors;
 mod errors;
 mod jobs;
 mod middleware;
+mod names;
 mod probes;
 mod registrations;
 mod server;

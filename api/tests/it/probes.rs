@@ -63,7 +63,7 @@ async fn metrics_count_requests_by_route_and_report_pool_and_queues() {
                 &conn,
                 &engine::queue::NewJob::unchecked("noop", serde_json::json!({"n": n})).with(
                     engine::queue::JobOptions {
-                        queue: Some("mail".into()),
+                        queue: Some("mail".parse().unwrap()),
                         ..Default::default()
                     },
                 ),

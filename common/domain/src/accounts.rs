@@ -9,22 +9,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
+use engine::db::Result;
 use postgres_types::{FromSql, ToSql};
 use serde::{Deserialize, Serialize};
-
-/// Errors of the account statements.
-#[derive(Debug, thiserror::Error)]
-pub enum AccountError {
-    /// A statement failed.
-    #[error(transparent)]
-    Postgres(#[from] tokio_postgres::Error),
-    /// No pooled connection could be had.
-    #[error("no database connection: {0}")]
-    Pool(#[from] deadpool_postgres::PoolError),
-}
-
-/// A `Result` with [`AccountError`].
-pub type Result<T, E = AccountError> = std::result::Result<T, E>;
 
 /// What a user (or an API key) may do. Ordered: an admin may do what an operator may, and an
 /// operator what a user may.

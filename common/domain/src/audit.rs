@@ -2,9 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
-
-/// Errors of the audit statements.
-pub type Error = tokio_postgres::Error;
+use engine::db::DbError;
 
 /// An action to record.
 #[derive(Debug, Clone)]
@@ -49,7 +47,7 @@ INSERT INTO audit_log (actor, action, target, filter, count, request_id)
 VALUES ($1, $2, $3, $4, $5, $6)";
 
 /// Append `e`.
-pub async fn record(client: &impl GenericClient, e: &NewEntry<'_>) -> Result<(), Error> {
+pub async fn record(client: &impl GenericClient, e: &NewEntry<'_>) -> Result<(), DbError> {
     let stmt = client.prepare_cached(INSERT).await?;
     client
         .execute(
@@ -82,7 +80,7 @@ pub async fn list(
     action: Option<&str>,
     actor: Option<&str>,
     limit: i64,
-) -> Result<Vec<Entry>, Error> {
+) -> Result<Vec<Entry>, DbError> {
     let stmt = client.prepare_cached(LIST).await?;
     let rows = client
         .query(&stmt, &[&before, &action, &actor, &limit])

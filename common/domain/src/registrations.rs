@@ -16,19 +16,18 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
+use engine::db::{DbError, Result};
 use engine::jobs::JobArgs;
 
 use crate::jobs::upload_logo::UploadLogo;
 
-/// Errors of the registration statements.
+/// Why a registration ([`register::register`]) failed: the database, its jobs, or its stored
+/// answer. Every statement of this module returns a plain [`DbError`].
 #[derive(Debug, thiserror::Error)]
 pub enum RegistrationError {
-    /// A statement failed.
+    /// A statement failed, or no connection could be had.
     #[error(transparent)]
-    Postgres(#[from] tokio_postgres::Error),
-    /// No pooled connection could be had.
-    #[error("no database connection: {0}")]
-    Pool(#[from] deadpool_postgres::PoolError),
+    Db(#[from] DbError),
     /// A registration's jobs could not be enqueued.
     #[error(transparent)]
     Queue(#[from] engine::queue::QueueError),
@@ -36,9 +35,6 @@ pub enum RegistrationError {
     #[error("idempotency answer: {0}")]
     Answer(#[from] serde_json::Error),
 }
-
-/// A `Result` with [`RegistrationError`].
-pub type Result<T, E = RegistrationError> = std::result::Result<T, E>;
 
 /// Most players a team may register.
 pub const MAX_PLAYERS: usize = 20;

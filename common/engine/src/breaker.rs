@@ -18,8 +18,8 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
-/// Errors of the breaker statements.
-pub type Error = tokio_postgres::Error;
+use crate::db::DbError;
+use crate::names::ServiceName;
 
 /// Where a breaker is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,7 +199,7 @@ pub async fn acquire(
     client: &mut deadpool_postgres::Client,
     service: &str,
     policy: &Policy,
-) -> Result<Outcome<Decision>, Error> {
+) -> Result<Outcome<Decision>, DbError> {
     locked(client, service, |b, now| b.acquire_at(policy, now)).await
 }
 
@@ -210,7 +210,7 @@ pub async fn record(
     call: Call,
     probe: bool,
     policy: &Policy,
-) -> Result<Outcome<()>, Error> {
+) -> Result<Outcome<()>, DbError> {
     locked(client, service, |b, now| {
         ((), b.record_at(call, probe, policy, now))
     })
@@ -224,7 +224,7 @@ pub async fn record_successes(
     service: &str,
     n: u32,
     policy: &Policy,
-) -> Result<Outcome<()>, Error> {
+) -> Result<Outcome<()>, DbError> {
     locked(client, service, |b, now| {
         // Successes of non-probe calls never change the state.
         for _ in 0..n {
@@ -239,10 +239,13 @@ pub async fn record_successes(
 /// released from a forced open probes at once).
 pub async fn force(
     client: &mut deadpool_postgres::Client,
-    service: &str,
+    service: &ServiceName,
     force: Force,
-) -> Result<Outcome<()>, Error> {
-    locked(client, service, |b, now| ((), b.force_at(force, now))).await
+) -> Result<Outcome<()>, DbError> {
+    locked(client, service.as_str(), |b, now| {
+        ((), b.force_at(force, now))
+    })
+    .await
 }
 
 const LIST: &str = "SELECT service, state, consecutive_failures, window_started_at, \
@@ -250,7 +253,7 @@ const LIST: &str = "SELECT service, state, consecutive_failures, window_started_
      probes_granted_at, times_opened, forced, updated_at FROM breakers ORDER BY service";
 
 /// Every breaker, by service name.
-pub async fn list(client: &impl GenericClient) -> Result<Vec<Breaker>, Error> {
+pub async fn list(client: &impl GenericClient) -> Result<Vec<Breaker>, DbError> {
     let rows = client.query(LIST, &[]).await?;
     Ok(rows.iter().map(from_row).collect())
 }
@@ -275,7 +278,7 @@ async fn locked<T>(
     client: &mut deadpool_postgres::Client,
     service: &str,
     decide: impl FnOnce(&mut Breaker, DateTime<Utc>) -> (T, Option<Transition>),
-) -> Result<Outcome<T>, Error> {
+) -> Result<Outcome<T>, DbError> {
     let tx = client.transaction().await?;
     let row = tx.query_one(LOCK, &[&service]).await?;
     let now: DateTime<Utc> = row.get(13);

@@ -9,25 +9,144 @@ use tokio_postgres::NoTls;
 
 use crate::config::DatabaseSettings;
 
-/// Errors of the pool and the migrations.
+/// A failed statement, or no pooled connection to run it on.
+///
+/// Every database call of the engine and the domain answers with this one type, so every
+/// caller tells a lost connection from a refused row the same way, through [`DbError::kind`].
+/// Modules with conditions of their own wrap it (`QueueError::Db`) rather than repeat it.
 #[derive(Debug, thiserror::Error)]
-pub enum DbError {
-    /// A statement or connection failed.
+#[error(transparent)]
+pub struct DbError(Source);
+
+#[derive(Debug, thiserror::Error)]
+enum Source {
     #[error(transparent)]
-    Postgres(#[from] tokio_postgres::Error),
-    /// No pooled connection could be had.
+    Postgres(tokio_postgres::Error),
     #[error("no database connection: {0}")]
-    Pool(#[from] deadpool_postgres::PoolError),
+    Pool(deadpool_postgres::PoolError),
+}
+
+/// What a [`DbError`] means for the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbErrorKind<'a> {
+    /// The database could not be reached, went away mid-statement or is shutting down
+    /// (SQLSTATE class 08 and 57P0x, a closed connection, an I/O error, no pooled connection
+    /// within the pool's timeout): back off and try again; an HTTP caller answers 503.
+    ConnectionLost,
+    /// A unique index or constraint refused a row (23505); `constraint` names it when
+    /// PostgreSQL did, which it does for every violation of an index or a constraint.
+    UniqueViolation {
+        /// The index or constraint violated.
+        constraint: Option<&'a str>,
+    },
+    /// A serialization failure (40001) or a deadlock (40P01): the transaction lost a race and
+    /// was rolled back; running it again may succeed.
+    SerializationFailure,
+    /// Anything else: a fault of ours or of the schema.
+    Other,
+}
+
+impl DbError {
+    /// What this error means for the caller.
+    pub fn kind(&self) -> DbErrorKind<'_> {
+        use tokio_postgres::error::SqlState;
+        let e = match &self.0 {
+            Source::Pool(p) => {
+                return match p {
+                    deadpool_postgres::PoolError::Timeout(_)
+                    | deadpool_postgres::PoolError::Backend(_)
+                    | deadpool_postgres::PoolError::Closed => DbErrorKind::ConnectionLost,
+                    _ => DbErrorKind::Other,
+                };
+            }
+            Source::Postgres(e) => e,
+        };
+        let Some(db) = e.as_db_error() else {
+            return if is_io(e) || e.is_closed() {
+                DbErrorKind::ConnectionLost
+            } else {
+                // Parameter and column conversions, a wrong parameter count, a row count.
+                DbErrorKind::Other
+            };
+        };
+        let code = db.code();
+        if code == &SqlState::UNIQUE_VIOLATION {
+            DbErrorKind::UniqueViolation {
+                constraint: db.constraint(),
+            }
+        } else if code == &SqlState::T_R_SERIALIZATION_FAILURE
+            || code == &SqlState::T_R_DEADLOCK_DETECTED
+        {
+            DbErrorKind::SerializationFailure
+        } else if code.code().starts_with("08") || code.code().starts_with("57P0") {
+            // Class 08 (connection exception); 57P01-57P05: shut down, crashed, starting,
+            // database dropped, idle session timed out.
+            DbErrorKind::ConnectionLost
+        } else {
+            DbErrorKind::Other
+        }
+    }
+
+    /// True for [`DbErrorKind::ConnectionLost`]: the caller should back off and try again
+    /// rather than give up.
+    pub fn is_connection_lost(&self) -> bool {
+        self.kind() == DbErrorKind::ConnectionLost
+    }
+
+    /// True when the unique index or constraint `name` refused a row.
+    pub fn violates(&self, name: &str) -> bool {
+        matches!(self.kind(), DbErrorKind::UniqueViolation { constraint: Some(c) } if c == name)
+    }
+
+    /// The SQLSTATE PostgreSQL answered with, if it answered.
+    pub fn code(&self) -> Option<&tokio_postgres::error::SqlState> {
+        match &self.0 {
+            Source::Postgres(e) => e.code(),
+            Source::Pool(_) => None,
+        }
+    }
+}
+
+/// Whether an I/O error lies under `e`: the socket failed, so the connection is gone.
+fn is_io(e: &tokio_postgres::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<std::io::Error>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+impl From<tokio_postgres::Error> for DbError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        DbError(Source::Postgres(e))
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for DbError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        DbError(Source::Pool(e))
+    }
+}
+
+/// A `Result` with [`DbError`].
+pub type Result<T, E = DbError> = std::result::Result<T, E>;
+
+/// Errors of building a pool and of migrating: start-up failures, which no request sees.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
     /// The pool could not be built.
     #[error("cannot build the database pool: {0}")]
     Build(#[from] deadpool_postgres::BuildError),
     /// A migration failed.
     #[error("migration failed: {0}")]
     Migration(#[from] refinery::Error),
+    /// A statement around the migrations failed, or no connection could be had.
+    #[error(transparent)]
+    Db(#[from] DbError),
 }
-
-/// A `Result` with [`DbError`].
-pub type Result<T, E = DbError> = std::result::Result<T, E>;
 
 mod embedded {
     refinery::embed_migrations!("../../migrations");
@@ -40,7 +159,7 @@ const MIGRATION_LOCK_KEY: i64 = 0x7175_6179_7369_6465;
 ///
 /// Connections are recycled with a cheap `is_closed` check: a connection broken by a database
 /// restart is dropped when it comes back to the pool, and the next caller gets a fresh one.
-pub fn pool(settings: &DatabaseSettings) -> Result<Pool> {
+pub fn pool(settings: &DatabaseSettings) -> Result<Pool, SetupError> {
     build_pool(settings, settings.pg_config())
 }
 
@@ -70,7 +189,7 @@ pub fn worker_pool(
     settings: &DatabaseSettings,
     plans: Plans,
     synchronous_commit: bool,
-) -> Result<Pool> {
+) -> Result<Pool, SetupError> {
     let mut config = settings.pg_config();
     let mut options = String::from(match plans {
         Plans::Cached => "-c plan_cache_mode=auto",
@@ -83,7 +202,10 @@ pub fn worker_pool(
     build_pool(settings, config)
 }
 
-fn build_pool(settings: &DatabaseSettings, config: tokio_postgres::Config) -> Result<Pool> {
+fn build_pool(
+    settings: &DatabaseSettings,
+    config: tokio_postgres::Config,
+) -> Result<Pool, SetupError> {
     let manager = Manager::from_config(
         config,
         NoTls,
@@ -105,13 +227,14 @@ fn build_pool(settings: &DatabaseSettings, config: tokio_postgres::Config) -> Re
 /// When every embedded migration is already recorded with its checksum (every start but the
 /// first after a deploy), one read settles it: no lock, no runner. A worker's start-up took
 /// 6–7 ms to migrate nothing, a third of its time to the first fetch.
-pub async fn migrate(pool: &Pool) -> Result<usize> {
-    let mut conn = pool.get().await?;
+pub async fn migrate(pool: &Pool) -> Result<usize, SetupError> {
+    let mut conn = pool.get().await.map_err(DbError::from)?;
     if all_applied(&conn).await? {
         return Ok(0);
     }
     conn.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
-        .await?;
+        .await
+        .map_err(DbError::from)?;
     let client: &mut tokio_postgres::Client = &mut conn;
     let outcome = embedded::migrations::runner().run_async(client).await;
     // Unlock even when the run failed; a lost connection releases the lock by itself.
@@ -119,7 +242,7 @@ pub async fn migrate(pool: &Pool) -> Result<usize> {
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
         .await;
     let report = outcome?;
-    unlocked?;
+    unlocked.map_err(DbError::from)?;
     Ok(report.applied_migrations().len())
 }
 

@@ -95,10 +95,15 @@ pub struct Kinds {
 }
 
 impl Kinds {
-    /// The registry of `specs`. Panics (at compile time, in a `const`) on a duplicate name.
+    /// The registry of `specs`. Panics (at compile time, in a `const`) on a duplicate name,
+    /// or on a default queue that is not a [`QueueName`](crate::names::QueueName).
     pub const fn new(specs: &'static [KindSpec]) -> Self {
         let mut i = 0;
         while i < specs.len() {
+            assert!(
+                crate::names::keeps_rule(specs[i].queue, crate::names::QueueName::MAX_LEN),
+                "a job kind's default queue is not a queue name"
+            );
             let mut j = i + 1;
             while j < specs.len() {
                 assert!(

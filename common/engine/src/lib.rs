@@ -14,6 +14,7 @@ pub mod breaker;
 pub mod config;
 pub mod db;
 pub mod jobs;
+pub mod names;
 pub mod queue;
 pub mod ratelimit;
 pub mod retry;

@@ -13,23 +13,23 @@ pub mod job;
 pub mod maintenance;
 pub mod outcome;
 
-pub use enqueue::{Enqueued, JobOptions, NewJob, enqueue, enqueue_many};
+pub use enqueue::{Enqueued, JobOptions, NewJob, UNIQUE_KEY_INDEX, enqueue, enqueue_many};
 pub use job::{AttemptError, FetchedJob, JobRow, JobState, JsonText};
 
+use crate::db::DbError;
 use crate::jobs::ArgsError;
 
 /// The notification channel; the payload is the queue that has new available jobs.
 pub const NOTIFY_CHANNEL: &str = "quayside_jobs";
 
-/// Errors of the queue's statements.
+/// Errors of an enqueue: a database error, or one of the enqueue's own refusals.
+///
+/// The other queue statements answer with [`DbError`] alone.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
-    /// A statement failed.
+    /// A statement failed, or no connection could be had.
     #[error(transparent)]
-    Postgres(#[from] tokio_postgres::Error),
-    /// No pooled connection could be had.
-    #[error("no database connection: {0}")]
-    Pool(#[from] deadpool_postgres::PoolError),
+    Db(#[from] DbError),
     /// The job's args were refused by its kind.
     #[error(transparent)]
     Args(#[from] ArgsError),
@@ -41,21 +41,11 @@ pub enum QueueError {
     UniqueKeyContention,
 }
 
-impl QueueError {
-    /// True when the database could not be reached or went away mid-statement: the caller
-    /// should back off and try again rather than give up.
-    pub fn is_connection(&self) -> bool {
-        match self {
-            QueueError::Pool(_) => true,
-            QueueError::Postgres(e) => match e.code() {
-                // Class 08 (connection exception) and 57P0x (shutdown, restart in progress).
-                Some(code) => code.code().starts_with("08") || code.code().starts_with("57P0"),
-                None => e.is_closed() || e.as_db_error().is_none(),
-            },
-            _ => false,
-        }
+impl From<tokio_postgres::Error> for QueueError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        QueueError::Db(e.into())
     }
 }
 
-/// A `Result` with [`QueueError`].
-pub type Result<T, E = QueueError> = std::result::Result<T, E>;
+/// A `Result` with [`DbError`], what every queue statement but the enqueue answers.
+pub type Result<T, E = DbError> = std::result::Result<T, E>;

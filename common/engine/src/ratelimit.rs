@@ -14,8 +14,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 
-/// Errors of the rate-limit statements.
-pub type Error = tokio_postgres::Error;
+use crate::db::DbError;
 
 /// `max_calls` per `period`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,7 +99,7 @@ pub async fn take(
     client: &mut deadpool_postgres::Client,
     service: &str,
     limit: Limit,
-) -> Result<Take, Error> {
+) -> Result<Take, DbError> {
     let tx = client.transaction().await?;
     let period_ms = limit.period.as_millis() as i64;
     let row = tx
@@ -121,7 +120,7 @@ SELECT service, max_calls, period_ms,
   FROM rate_limits ORDER BY service";
 
 /// Every service's limit and its calls in the last period.
-pub async fn usage(client: &impl GenericClient) -> Result<Vec<Usage>, Error> {
+pub async fn usage(client: &impl GenericClient) -> Result<Vec<Usage>, DbError> {
     let rows = client.query(USAGE, &[]).await?;
     Ok(rows
         .iter()

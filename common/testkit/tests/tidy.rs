@@ -420,7 +420,7 @@ fn check_import_cycles(src: &str, files: &[SourceFile]) -> Vec<Violation> {
             .collect();
         for g in group_re.captures_iter(&code) {
             for item in g[2].split(',') {
-                let item = item.trim().split_whitespace().next().unwrap_or("");
+                let item = item.split_whitespace().next().unwrap_or("");
                 let item = item.split("::").next().unwrap_or("");
                 if !item.is_empty() && item != "self" {
                     paths.push(format!("{}::{item}", &g[1]));
@@ -481,7 +481,7 @@ fn check_doc_references(
     let rust_like = Regex::new(r"^(engine|domain|testkit|api|worker|ops)::[A-Za-z0-9_:]+").unwrap();
     let mut out = Vec::new();
     for c in tick.captures_iter(text) {
-        let token = c[1].trim_end_matches(|ch| ch == ',' || ch == '.' || ch == ')');
+        let token = c[1].trim_end_matches([',', '.', ')']);
         if file_like.is_match(token) {
             for p in expand_braces(token) {
                 if !exists(&p) {
@@ -836,11 +836,17 @@ fn an_import_cycle_is_caught() {
             "w/src/lib.rs",
             "//! Root.\npub mod a;\npub mod b;\npub mod c;\n",
         ),
-        src("w/src/a.rs", "//! A.\nuse crate::b::Thing;\nuse crate::e::NOT_AN_IMPORT;\n"),
+        src(
+            "w/src/a.rs",
+            "//! A.\nuse crate::b::Thing;\nuse crate::e::NOT_AN_IMPORT;\n",
+        ),
         src("w/src/b.rs", "//! B.\nuse crate::{c::Other, a};\n"),
         src("w/src/c.rs", "//! C.\n"),
         src("w/src/c/d.rs", "//! D.\nuse super::Other;\n"),
-        src("w/src/e.rs", "//! E.\nconst NOT_AN_IMPORT: &str = \"crate::a\";\n"),
+        src(
+            "w/src/e.rs",
+            "//! E.\nconst NOT_AN_IMPORT: &str = \"crate::a\";\n",
+        ),
     ];
     let v = check_import_cycles("w/src", &files);
     assert_eq!(v.len(), 1, "{v:?}");

@@ -129,16 +129,8 @@ impl ServicesSettings {
                     )
                 })?;
                 let service = service.trim();
-                if service.is_empty()
-                    || !service
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
-                {
-                    return Err(ConfigError::new(
-                        "RATE_LIMITS",
-                        format!("{service:?} is not a service name (letters, digits, _ - .)"),
-                    ));
-                }
+                engine::names::ServiceName::parse(service)
+                    .map_err(|e| ConfigError::new("RATE_LIMITS", e.to_string()))?;
                 let rate_limit = Some(limit("RATE_LIMITS", l)?);
                 let old = services.insert(
                     service.to_owned(),

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
-use engine::queue::QueueError;
+use engine::db::DbError;
 use engine::queue::outcome::{self, AttemptOutcome};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -105,7 +105,7 @@ impl Completer {
                     }
                     break;
                 }
-                Err(e) if e.is_connection() && tries_left > 0 => {
+                Err(e) if e.is_connection_lost() && tries_left > 0 => {
                     tries_left -= 1;
                     tracing::warn!(error = %e, num_outcomes = batch.len(), "cannot record outcomes; retrying");
                     tokio::time::sleep(delay).await;
@@ -123,7 +123,7 @@ impl Completer {
         batch.clear();
     }
 
-    async fn try_write(&self, batch: &[AttemptOutcome]) -> Result<u64, QueueError> {
+    async fn try_write(&self, batch: &[AttemptOutcome]) -> Result<u64, DbError> {
         let conn = self.pool.get().await?;
         outcome::record(&conn, &self.worker, batch).await
     }

@@ -114,17 +114,8 @@ fn parse_queues(raw: &str, default_slots: usize) -> Result<Vec<(String, usize)>,
             ),
             None => (part, default_slots),
         };
-        let valid = !name.is_empty()
-            && name.len() <= 128
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
-        if !valid {
-            return Err(ConfigError::new(
-                "WORKER_QUEUES",
-                format!("{name:?} is not a queue name (letters, digits, _ - .)"),
-            ));
-        }
+        engine::names::QueueName::parse(name)
+            .map_err(|e| ConfigError::new("WORKER_QUEUES", e.to_string()))?;
         if out.iter().any(|(n, _)| n == name) {
             return Err(ConfigError::new(
                 "WORKER_QUEUES",
@@ -217,7 +208,7 @@ impl Producer {
         }
     }
 
-    async fn fetch(&self, limit: usize) -> Result<Vec<FetchedJob>, engine::queue::QueueError> {
+    async fn fetch(&self, limit: usize) -> Result<Vec<FetchedJob>, engine::db::DbError> {
         let conn = self.pool.get().await?;
         fetch::fetch(&conn, &self.queue, &self.worker, self.lease, limit).await
     }

@@ -107,7 +107,7 @@ pub async fn enqueue_noops(
             NewJob::from_json(&engine::jobs::noop::SPEC, args.clone())
                 .expect("noop args")
                 .with(JobOptions {
-                    queue: Some(queue.into()),
+                    queue: Some(engine::names::QueueName::parse(queue).unwrap()),
                     ..Default::default()
                 })
         })

@@ -266,7 +266,9 @@ async fn a_scheduled_job_waits_for_its_time() {
 async fn a_paused_queue_keeps_its_jobs_until_resumed() {
     let db = TestDb::new().await;
     let w = InProcess::start(&fast_env(&db.url), "held,canary", 4);
-    control::pause(&db.conn().await, "held").await.unwrap();
+    control::pause(&db.conn().await, &"held".parse().unwrap())
+        .await
+        .unwrap();
     enqueue_noops(&db, "held", 10, json!({})).await;
     // The same worker serves another queue: once its job is done, the worker is up, has
     // been notified of both enqueues and has polled.
@@ -283,7 +285,7 @@ async fn a_paused_queue_keeps_its_jobs_until_resumed() {
         .await;
     assert_eq!(fetched, 0);
 
-    control::resume(&c, "held").await.unwrap();
+    control::resume(&c, &"held".parse().unwrap()).await.unwrap();
     wait_count(
         &db,
         "SELECT count(*) FROM jobs WHERE queue = 'held' AND state = 'completed' AND attempt = 1",

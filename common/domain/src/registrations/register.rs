@@ -9,9 +9,10 @@ use deadpool_postgres::Pool;
 use serde::{Deserialize, Serialize};
 
 use super::validation::{IdempotencyKey, NewRegistration};
-use super::{NewLogo, NewTeam, REGISTRATION_SCOPE, Result};
+use super::{NewLogo, NewTeam, REGISTRATION_SCOPE, RegistrationError};
 use crate::jobs::send_confirmation_email::SendConfirmationEmail;
 use crate::jobs::upload_logo::UploadLogo;
+use engine::db::DbError;
 use engine::jobs::JobArgs;
 use engine::queue::{JobOptions, NewJob, enqueue_many};
 
@@ -86,10 +87,10 @@ pub async fn register(
     registration: &NewRegistration,
     key: Option<&IdempotencyKey>,
     request_id: Option<&str>,
-) -> Result<Outcome> {
+) -> Result<Outcome, RegistrationError> {
     let fingerprint = registration.fingerprint();
-    let mut conn = pool.get().await?;
-    let tx = conn.transaction().await?;
+    let mut conn = pool.get().await.map_err(DbError::from)?;
+    let tx = conn.transaction().await.map_err(DbError::from)?;
     if let Some(key) = key {
         let claimed = super::claim_key(
             &tx,
@@ -101,7 +102,7 @@ pub async fn register(
         .await?;
         if !claimed {
             let record = super::key_record(&tx, REGISTRATION_SCOPE, key.as_str()).await?;
-            tx.rollback().await?;
+            tx.rollback().await.map_err(DbError::from)?;
             let Some(record) = record else {
                 return Ok(Outcome::KeyBusy);
             };
@@ -181,6 +182,6 @@ pub async fn register(
         })?;
         super::store_answer(&tx, REGISTRATION_SCOPE, key.as_str(), CREATED, &answer).await?;
     }
-    tx.commit().await?;
+    tx.commit().await.map_err(DbError::from)?;
     Ok(Outcome::Created(registered))
 }

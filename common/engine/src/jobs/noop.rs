@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{ArgsError, JobArgs, KindSpec, check_args};
+use crate::names::ServiceName;
 use crate::retry::RetryPolicy;
 
 /// The args of a `noop` job. Every field is optional.
@@ -77,17 +78,11 @@ impl JobArgs for Noop {
             }
         }
         if let Some(service) = &self.service {
-            let ok = !service.is_empty()
-                && service.len() <= 64
-                && service
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
-            if !ok {
-                return Err(ArgsError::Invalid {
-                    field: "service",
-                    message: "1 to 64 letters, digits, _ - .".into(),
-                });
-            }
+            // Kept as text in the args (a stored format), checked by the one rule.
+            ServiceName::parse(service).map_err(|e| ArgsError::Invalid {
+                field: "service",
+                message: e.rule(),
+            })?;
         }
         Ok(())
     }

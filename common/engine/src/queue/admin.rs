@@ -10,6 +10,7 @@ use serde::Serialize;
 use super::counts;
 use super::job::{JOB_COLUMNS, JobRow, JobState};
 use super::{NOTIFY_CHANNEL, Result};
+use crate::names::QueueName;
 
 /// The span of the per-minute averages.
 const HOUR: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -21,7 +22,7 @@ pub use super::counts::{QueueDepth, depth};
 pub struct JobFilter {
     /// Only this queue.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub queue: Option<String>,
+    pub queue: Option<QueueName>,
     /// Only this kind.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,

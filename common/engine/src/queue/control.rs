@@ -7,6 +7,7 @@ use deadpool_postgres::GenericClient;
 
 use super::job::{JOB_COLUMNS, JobRow, JobState};
 use super::{NOTIFY_CHANNEL, Result};
+use crate::names::QueueName;
 
 /// The job with `id`, if it exists.
 pub async fn get(client: &impl GenericClient, id: i64) -> Result<Option<JobRow>> {
@@ -30,12 +31,12 @@ pub async fn count_by_state(
 }
 
 /// Stop every worker fetching from `queue` (jobs already running finish).
-pub async fn pause(client: &impl GenericClient, queue: &str) -> Result<()> {
+pub async fn pause(client: &impl GenericClient, queue: &QueueName) -> Result<()> {
     set_paused(client, queue, true).await
 }
 
 /// Let workers fetch from `queue` again, and wake them.
-pub async fn resume(client: &impl GenericClient, queue: &str) -> Result<()> {
+pub async fn resume(client: &impl GenericClient, queue: &QueueName) -> Result<()> {
     set_paused(client, queue, false).await?;
     client
         .execute("SELECT pg_notify($1, $2)", &[&NOTIFY_CHANNEL, &queue])
@@ -43,7 +44,7 @@ pub async fn resume(client: &impl GenericClient, queue: &str) -> Result<()> {
     Ok(())
 }
 
-async fn set_paused(client: &impl GenericClient, queue: &str, paused: bool) -> Result<()> {
+async fn set_paused(client: &impl GenericClient, queue: &QueueName, paused: bool) -> Result<()> {
     client
         .execute(
             "INSERT INTO queues (name, paused) VALUES ($1, $2)
@@ -72,7 +73,9 @@ pub async fn cancel(client: &impl GenericClient, id: i64) -> Result<Option<JobSt
 }
 
 /// Make a finished or waiting job available to run now, with a fresh attempt budget if it had
-/// used it up. Running jobs are left alone. Returns whether the job was retried.
+/// used it up. Running jobs are left alone. Returns whether the job was retried. When another
+/// unfinished job holds the job's unique key, the index [`super::UNIQUE_KEY_INDEX`] refuses the
+/// retry (a unique violation naming it).
 pub async fn retry(client: &impl GenericClient, id: i64) -> Result<bool> {
     let row = client
         .query_opt(

@@ -10,9 +10,18 @@ use chrono::{DateTime, Utc};
 use postgres_types::Type;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 
+use super::QueueError;
 use super::job::JobState;
-use super::{QueueError, Result};
 use crate::jobs::{ArgsError, JobArgs, KindSpec};
+use crate::names::QueueName;
+
+/// An enqueue's result: a database error or one of its own refusals.
+type Result<T, E = QueueError> = std::result::Result<T, E>;
+
+/// The partial unique index holding one unfinished job per unique key (`V1__jobs.sql`). The
+/// inserts below name its columns and predicate in `ON CONFLICT`, and an operator's retry
+/// (`control::retry`) that would give a second unfinished job the same key is refused by it.
+pub const UNIQUE_KEY_INDEX: &str = "jobs_unique_key_idx";
 
 /// Batches at least this large, without unique keys, go through binary `COPY`; smaller ones
 /// through one multi-row `INSERT`. Around a few hundred rows COPY's extra round trip (the id
@@ -34,7 +43,7 @@ pub struct NewJob {
 #[derive(Debug, Clone, Default)]
 pub struct JobOptions {
     /// The queue; default: the kind's queue.
-    pub queue: Option<String>,
+    pub queue: Option<QueueName>,
     /// 0 (first) to 9 (last); default 0.
     pub priority: Option<i16>,
     /// Not before this time; default now.
@@ -98,15 +107,11 @@ impl NewJob {
         let queue = self
             .opts
             .queue
-            .as_deref()
+            .as_ref()
+            .map(QueueName::as_str)
+            // A kind's default queue is a queue name: `Kinds::new` checks it.
             .or(spec.map(|s| s.queue))
             .unwrap_or("default");
-        if queue.is_empty() || queue.len() > 128 {
-            return Err(QueueError::InvalidOption(
-                "queue",
-                "must be 1 to 128 characters".into(),
-            ));
-        }
         let priority = self.opts.priority.unwrap_or(0);
         if !(0..=9).contains(&priority) {
             return Err(QueueError::InvalidOption(

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 
 use super::enqueue::{NewJob, enqueue};
-use super::{NOTIFY_CHANNEL, Result};
+use super::{NOTIFY_CHANNEL, QueueError, Result};
 
 const CLAIM: &str = "
 INSERT INTO maintenance_runs AS m (service, last_run_at, last_run_by, runs)
@@ -229,7 +229,7 @@ pub async fn enqueue_tick(
     name: &str,
     tick_at: DateTime<Utc>,
     job: &NewJob,
-) -> Result<Option<i64>> {
+) -> Result<Option<i64>, QueueError> {
     let tx = client.transaction().await?;
     let id = enqueue(&tx, job).await?.id;
     let taken = tx

@@ -89,7 +89,7 @@ async fn list_jobs_filters_and_pages_newest_first() {
         5
     );
     let b = JobFilter {
-        queue: Some("b".into()),
+        queue: Some("b".parse().unwrap()),
         state: Some(JobState::Available),
         kind: Some("noop".into()),
         ..Default::default()
@@ -121,7 +121,7 @@ async fn bulk_actions_work_in_batches_and_count_what_they_changed() {
     finish(&db, done, "completed").await;
     enqueue(&conn, &job("b", 1)).await.unwrap();
     let a = JobFilter {
-        queue: Some("a".into()),
+        queue: Some("a".parse().unwrap()),
         ..Default::default()
     };
     // Batches of 3: 3 + 3 + 1, the completed job untouched.
@@ -152,7 +152,7 @@ async fn bulk_retry_never_breaks_a_unique_key() {
     finish(&db, held, "discarded").await;
     enqueue(&conn, &unique_job("q", 4, "h")).await.unwrap();
     let q = JobFilter {
-        queue: Some("q".into()),
+        queue: Some("q".parse().unwrap()),
         ..Default::default()
     };
     assert_eq!(admin::bulk_retry(&conn, &q, 1000).await.unwrap(), 1);
@@ -181,7 +181,9 @@ async fn queue_stats_report_counts_pause_age_and_throughput() {
     finish(&db, c, "completed").await;
     let d = enqueue(&conn, &job("a", 3)).await.unwrap().id;
     finish(&db, d, "discarded").await;
-    control::pause(&conn, "idle").await.unwrap();
+    control::pause(&conn, &"idle".parse().unwrap())
+        .await
+        .unwrap();
     conn.execute(
         "UPDATE jobs SET run_at = now() - interval '90 seconds' WHERE state = 'available'",
         &[],

@@ -31,10 +31,10 @@ async fn concurrent_acquires_in_half_open_grant_at_most_the_probe_count() {
     let p = policy(3);
     let mut c = db.conn().await;
     // Opened, then the override lifted: due to probe at once.
-    breaker::force(&mut c, "cloudinary", Force::Open)
+    breaker::force(&mut c, &"cloudinary".parse().unwrap(), Force::Open)
         .await
         .unwrap();
-    breaker::force(&mut c, "cloudinary", Force::Clear)
+    breaker::force(&mut c, &"cloudinary".parse().unwrap(), Force::Clear)
         .await
         .unwrap();
 
@@ -130,9 +130,11 @@ async fn overrides_are_stored_and_listed_per_service() {
     let db = TestDb::new().await;
     let p = policy(1);
     let mut c = db.conn().await;
-    let out = breaker::force(&mut c, "smtp", Force::Closed).await.unwrap();
+    let out = breaker::force(&mut c, &"smtp".parse().unwrap(), Force::Closed)
+        .await
+        .unwrap();
     assert_eq!(out.transition, None, "a new breaker is already closed");
-    breaker::force(&mut c, "cloudinary", Force::Open)
+    breaker::force(&mut c, &"cloudinary".parse().unwrap(), Force::Open)
         .await
         .unwrap();
     for _ in 0..10 {

@@ -117,14 +117,18 @@ async fn a_paused_queue_yields_nothing_until_resumed() {
     let a = enqueue(&conn, &job("reports", 1)).await.unwrap().id;
     let b = enqueue(&conn, &job("elsewhere", 2)).await.unwrap().id;
 
-    control::pause(&conn, "reports").await.unwrap();
+    control::pause(&conn, &"reports".parse().unwrap())
+        .await
+        .unwrap();
     assert!(fetch_ids(&conn, &q, 10).await.is_empty());
     // Only that queue is paused.
     assert_eq!(fetch_ids(&conn, &"elsewhere".into(), 10).await, [b]);
     let row = control::get(&conn, a).await.unwrap().unwrap();
     assert_eq!((row.state, row.attempt), (JobState::Available, 0));
 
-    control::resume(&conn, "reports").await.unwrap();
+    control::resume(&conn, &"reports".parse().unwrap())
+        .await
+        .unwrap();
     assert_eq!(fetch_ids(&conn, &q, 10).await, [a]);
 }
 

@@ -4,6 +4,7 @@
 mod admin;
 mod breaker;
 mod counts;
+mod db_error;
 mod enqueue;
 mod enqueue_many;
 mod fetch;

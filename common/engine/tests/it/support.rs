@@ -8,7 +8,7 @@ use engine::queue::{JobOptions, NewJob};
 /// A `noop` job for `queue` with args `{"n": n}`, options otherwise default.
 pub fn job(queue: &str, n: i64) -> NewJob {
     NewJob::unchecked("noop", serde_json::json!({ "n": n })).with(JobOptions {
-        queue: Some(queue.to_owned()),
+        queue: Some(engine::names::QueueName::parse(queue).unwrap()),
         ..JobOptions::default()
     })
 }
