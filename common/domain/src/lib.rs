@@ -11,3 +11,4 @@ pub mod accounts;
 pub mod audit;
 pub mod jobs;
 pub mod registrations;
+pub mod team_id;

@@ -20,6 +20,7 @@ use engine::db::{DbError, Result};
 use engine::jobs::JobArgs;
 
 use crate::jobs::upload_logo::UploadLogo;
+pub use crate::team_id::is_team_id;
 
 /// Why a registration ([`register::register`]) failed: the database, its jobs, or its stored
 /// answer. Every statement of this module returns a plain [`DbError`].
@@ -131,19 +132,6 @@ pub struct Team {
     pub players: Vec<Player>,
     /// When the team registered.
     pub created_at: DateTime<Utc>,
-}
-
-/// True for a well-formed team id: `PREFIX-NNN`, the prefix 1 to 16 letters or digits, the
-/// number at least 3 digits.
-pub fn is_team_id(s: &str) -> bool {
-    let Some((prefix, number)) = s.split_once('-') else {
-        return false;
-    };
-    (1..=16).contains(&prefix.len())
-        && prefix.bytes().all(|b| b.is_ascii_alphanumeric())
-        && number.len() >= 3
-        && number.len() <= 19
-        && number.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// One statement: a number from the sequence, the team with its id formatted from it, the

@@ -157,7 +157,7 @@ name_type!(
 );
 
 name_type!(
-    /// An external service's name (`cloudinary`, `smtp`): 1 to 64 letters, digits, `_`, `-`
+    /// An external service's name (`images`, `mail`): 1 to 64 letters, digits, `_`, `-`
     /// or `.`. It keys the service's breaker and rate-limit rows.
     ServiceName,
     "service",

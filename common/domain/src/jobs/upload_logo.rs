@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::registrations::is_team_id;
+use crate::team_id::is_team_id;
 use engine::jobs::{ArgsError, JobArgs, KindSpec, check_args};
 use engine::retry::RetryPolicy;
 

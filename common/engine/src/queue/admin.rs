@@ -101,7 +101,7 @@ pub async fn list_jobs(
 const JOBS_BY_IDS: &str = "FROM jobs j WHERE j.id = ANY($1) ORDER BY j.id";
 
 /// The jobs with these ids that still exist, oldest first: ids of pruned jobs are skipped.
-/// The application keeps which jobs belong to its rows (a registration's, say) and reads
+/// The application keeps which jobs belong to its rows (an order's, say) and reads
 /// them here, so the jobs table needs no index on anyone's args.
 pub async fn jobs_by_ids(client: &impl GenericClient, ids: &[i64]) -> Result<Vec<JobRow>> {
     let sql = format!("SELECT {JOB_COLUMNS} {JOBS_BY_IDS}");
