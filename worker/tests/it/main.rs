@@ -7,6 +7,7 @@ mod cloudinary;
 mod e2e;
 mod harness;
 mod maintenance;
+mod new_kind;
 mod outcomes;
 mod processes;
 mod registrations;
