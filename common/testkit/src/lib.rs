@@ -6,6 +6,14 @@
 //!   a [`PrivateCluster`] for tests that stop the server, plain connections and pools;
 //! - [`wait`]: waiting on the database (or anything) with a deadline ([`wait_for`]);
 //! - [`dir`]: temporary directories ([`TempDir`]);
+//! - [`http`]: an HTTP client on reqwest for talking to the real binaries, with bearer tokens,
+//!   JSON and the registration form;
+//! - [`fake`]: a real HTTP server (poem) standing in for Cloudinary and other services, which
+//!   parses multipart bodies and records every request it received;
+//! - [`process`]: the real `api` and `worker` binaries as child processes: a free port, waiting
+//!   for `/health`, their logs, signals, the admin login;
+//! - [`fixtures`]: the team every registration test registers, and the password they log in
+//!   with.
 //!
 //! [`free_port`] is the one way to pick a port.
 
@@ -14,6 +22,10 @@
 pub mod cluster;
 pub mod db;
 pub mod dir;
+pub mod fake;
+pub mod fixtures;
+pub mod http;
+pub mod process;
 pub mod wait;
 
 pub use cluster::free_port;
