@@ -10,7 +10,7 @@ use testkit::db::{connect, pool_of, url_of_database};
 
 /// The versions of the migration files (`V<version>__<name>.sql`).
 fn migration_versions() -> Vec<i32> {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations");
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../migrations");
     let mut versions: Vec<i32> = std::fs::read_dir(dir)
         .expect("migrations dir")
         .filter_map(|e| {
