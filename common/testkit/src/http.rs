@@ -75,6 +75,11 @@ impl Client {
         self.request(Method::POST, path)
     }
 
+    /// The body of `GET {path}` as text (a `/metrics` scrape), or `None` while nothing answers.
+    pub async fn try_text(&self, path: &str) -> Option<String> {
+        self.get(path).try_send().await.ok().map(|r| r.text())
+    }
+
     /// `POST /api/v1/registrations` with `form` (see [`crate::fixtures::registration_form`]).
     pub fn register(&self, form: reqwest::multipart::Form) -> Request {
         self.post("/api/v1/registrations").multipart(form)
