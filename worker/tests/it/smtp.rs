@@ -8,13 +8,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use engine::queue::JobState;
+use testkit::fixtures::{TEAM_NAME, insert_team};
 use testkit::{TempDir, TestDb};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use crate::harness::{InProcess, fast_env, wait_final, with_env};
-use crate::registrations::{job, register};
+use crate::registrations::job;
 
 const WAIT: Duration = Duration::from_secs(40);
 
@@ -246,7 +247,7 @@ fn env(db: &TestDb, outbox: &TempDir, smtp: &FakeSmtp) -> Vec<(&'static str, Str
 /// job and return the job when final.
 async fn confirm(db: &TestDb, smtp: &FakeSmtp) -> engine::queue::JobRow {
     let outbox = TempDir::new("outbox");
-    let team_id = register(db).await;
+    let team_id = insert_team(db, TEAM_NAME).await;
     let worker = InProcess::start(&env(db, &outbox, smtp), "email", 2);
     let id = job(db, "send_confirmation_email", &team_id).await;
     let done = wait_final(db, id, WAIT).await;
