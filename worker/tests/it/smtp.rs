@@ -51,6 +51,21 @@ impl Received {
         }
         value
     }
+
+    /// The text part and the HTML part, from their `Content-Type` on; panics unless both are
+    /// there, text first.
+    pub fn text_and_html(&self) -> (&str, &str) {
+        let text = self
+            .data
+            .find("Content-Type: text/plain")
+            .expect("a text part");
+        let html = self
+            .data
+            .find("Content-Type: text/html")
+            .expect("an HTML part");
+        assert!(text < html, "text first, then HTML: {}", self.data);
+        (&self.data[text..html], &self.data[html..])
+    }
 }
 
 #[derive(Default)]
@@ -290,30 +305,10 @@ async fn the_confirmation_arrives_over_smtp_with_both_bodies() {
         Some("\"Cup Desk\" <desk@example.org>")
     );
     assert!(m.data.contains("multipart/alternative"), "{}", m.data);
-    let text = m
-        .data
-        .find("Content-Type: text/plain")
-        .expect("a text part");
-    let html = m
-        .data
-        .find("Content-Type: text/html")
-        .expect("an HTML part");
-    assert!(text < html, "text first, then HTML: {}", m.data);
-    assert!(
-        m.data[text..html].contains("Team id: ICCT-001"),
-        "{}",
-        m.data
-    );
-    assert!(
-        m.data[text..html].contains("2. Ben Batter (batter)"),
-        "{}",
-        m.data
-    );
-    assert!(
-        m.data[html..].contains("<li>Ann Bowler (bowler)</li>"),
-        "{}",
-        m.data
-    );
+    let (text, html) = m.text_and_html();
+    assert!(text.contains("Team id: ICCT-001"), "{}", m.data);
+    assert!(text.contains("2. Ben Batter (batter)"), "{}", m.data);
+    assert!(html.contains("<li>Ann Bowler (bowler)</li>"), "{}", m.data);
 }
 
 #[tokio::test]
