@@ -53,7 +53,7 @@ async fn main() {
 }
 
 async fn migrate(settings: &WorkerSettings) -> anyhow::Result<()> {
-    let pool = engine::db::pool(&settings.database)?;
+    let pool = engine::db::pool(&settings.runtime.database)?;
     let n = engine::db::migrate(&pool).await?;
     tracing::info!(migrations_applied = n, "migrated");
     Ok(())
@@ -61,7 +61,7 @@ async fn migrate(settings: &WorkerSettings) -> anyhow::Result<()> {
 
 async fn serve(settings: WorkerSettings) -> anyhow::Result<()> {
     if let Some(port) = settings.metrics_port {
-        worker::metrics::install(port)
+        worker::runtime::metrics::install(port)
             .map_err(|e| anyhow::anyhow!("cannot serve metrics on METRICS_PORT={port}: {e}"))?;
     }
     let stop = CancellationToken::new();

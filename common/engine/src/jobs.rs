@@ -120,7 +120,7 @@ impl Kinds {
             .ok_or_else(|| ArgsError::UnknownKind(name.to_owned()))
     }
 
-    /// Every kind, in registration order.
+    /// Every kind, in the order given to [`Kinds::new`].
     pub fn all(&self) -> &'static [KindSpec] {
         self.specs
     }

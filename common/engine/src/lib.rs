@@ -4,8 +4,8 @@
 //! that guard calls to external services.
 //!
 //! **Architecture invariants:** this crate knows PostgreSQL and serde; it never imports poem,
-//! apalis, reqwest or lettre, and it knows nothing of the application (teams, accounts,
-//! Cloudinary, SMTP): an application hands it its kinds as a [`jobs::Kinds`].
+//! apalis, reqwest or lettre, and it knows nothing of the application that runs on it: an
+//! application hands it its kinds as a [`jobs::Kinds`] (checked by `testkit`'s tidy tests).
 #![warn(missing_docs)]
 
 pub mod breaker;

@@ -1,4 +1,4 @@
-//! Global rate limits of external services (e.g. Cloudinary's 500 uploads a minute), shared
+//! Global rate limits of external services (e.g. an image host's 500 uploads a minute), shared
 //! by every worker process through PostgreSQL.
 //!
 //! A sliding log: the `rate_limits` row of a service holds the times of the calls granted

@@ -8,7 +8,8 @@ use engine::jobs::noop::Noop;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{JobContext, JobError, JobResult};
+use crate::runtime::handlers::JobContext;
+use crate::runtime::job::{JobError, JobResult};
 
 /// Run one `noop` job.
 pub async fn run(args: Noop, ctx: JobContext) -> JobResult {

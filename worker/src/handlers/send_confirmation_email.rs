@@ -13,12 +13,81 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use domain::jobs::send_confirmation_email::SendConfirmationEmail;
 use domain::registrations::{self, Team};
+use engine::config::{ConfigError, Source};
 use futures::future::BoxFuture;
 use lettre::message::{Mailbox, MultiPart};
 use lettre::{AsyncFileTransport, AsyncTransport, Message, Tokio1Executor};
 
-use super::{JobContext, JobError, JobResult};
-use crate::breaker::Guards;
+use crate::runtime::breaker::Guards;
+use crate::runtime::handlers::JobContext;
+use crate::runtime::job::{JobError, JobResult};
+use smtp::SmtpSettings;
+
+/// Who confirmation mail is from, what its links start with, and where it goes.
+#[derive(Debug, Clone)]
+pub struct MailSettings {
+    /// `MAIL_OUTBOX_DIR`: where confirmation mail is written as `.eml` files.
+    pub outbox_dir: PathBuf,
+    /// `SMTP_FROM_EMAIL`: the sender of confirmation mail, `Name <address>` or an address.
+    pub from: Mailbox,
+    /// `SMTP_REPLY_TO`: the Reply-To of confirmation mail, if any (outbox or SMTP alike).
+    pub reply_to: Option<Mailbox>,
+    /// `PUBLIC_BASE_URL`: the API's address as mail readers reach it; links to logos start
+    /// with it.
+    pub public_base_url: String,
+    /// An SMTP server, when `SMTP_SERVER` is set: mail goes there instead of `outbox_dir`.
+    pub smtp: Option<SmtpSettings>,
+}
+
+/// Default `MAIL_OUTBOX_DIR`.
+pub const DEFAULT_OUTBOX_DIR: &str = "./.data/outbox";
+/// Default `SMTP_FROM_EMAIL`.
+pub const DEFAULT_FROM: &str = "Quayside <noreply@localhost>";
+/// Default `PUBLIC_BASE_URL`: the API on its default port (8080).
+pub const DEFAULT_PUBLIC_BASE_URL: &str = "http://localhost:8080";
+
+impl MailSettings {
+    /// Read and validate.
+    pub fn from_source(src: &(impl Source + ?Sized)) -> Result<Self, ConfigError> {
+        let from_raw = src
+            .get("SMTP_FROM_EMAIL")
+            .unwrap_or_else(|| DEFAULT_FROM.to_owned());
+        let from = from_raw.parse::<Mailbox>().map_err(|e| {
+            ConfigError::new(
+                "SMTP_FROM_EMAIL",
+                format!("{from_raw:?} is not an address such as Name <a@example.com>: {e}"),
+            )
+        })?;
+        let public_base_url = src
+            .get("PUBLIC_BASE_URL")
+            .unwrap_or_else(|| DEFAULT_PUBLIC_BASE_URL.to_owned());
+        if !(public_base_url.starts_with("http://") || public_base_url.starts_with("https://")) {
+            return Err(ConfigError::new(
+                "PUBLIC_BASE_URL",
+                format!("{public_base_url:?} is not an http(s) URL"),
+            ));
+        }
+        let reply_to = match src.get("SMTP_REPLY_TO") {
+            None => None,
+            Some(raw) => Some(raw.parse::<Mailbox>().map_err(|e| {
+                ConfigError::new("SMTP_REPLY_TO", format!("{raw:?} is not an address: {e}"))
+            })?),
+        };
+        let outbox_dir = src
+            .get("MAIL_OUTBOX_DIR")
+            .unwrap_or_else(|| DEFAULT_OUTBOX_DIR.to_owned());
+        if outbox_dir.trim().is_empty() {
+            return Err(ConfigError::new("MAIL_OUTBOX_DIR", "must name a directory"));
+        }
+        Ok(Self {
+            outbox_dir: PathBuf::from(outbox_dir),
+            from,
+            reply_to,
+            public_base_url: public_base_url.trim_end_matches('/').to_owned(),
+            smtp: SmtpSettings::from_source(src)?,
+        })
+    }
+}
 
 /// Where mail goes: [`OutboxMailer`] (the embedded default) or [`smtp::SmtpMailer`], chosen
 /// once at start-up.
@@ -105,13 +174,13 @@ pub struct Confirmation {
 }
 
 impl Confirmation {
-    /// Sender, links and Reply-To from `delivery`, mail into its `.eml` outbox.
-    pub fn embedded(delivery: &crate::config::DeliverySettings) -> Self {
+    /// Sender, links and Reply-To from `mail`, mail into its `.eml` outbox.
+    pub fn embedded(mail: &MailSettings) -> Self {
         Self {
-            from: delivery.from.clone(),
-            reply_to: delivery.reply_to.clone(),
-            public_base_url: delivery.public_base_url.clone(),
-            mailer: Arc::new(OutboxMailer::new(&delivery.outbox_dir)),
+            from: mail.from.clone(),
+            reply_to: mail.reply_to.clone(),
+            public_base_url: mail.public_base_url.clone(),
+            mailer: Arc::new(OutboxMailer::new(&mail.outbox_dir)),
         }
     }
 }
@@ -271,6 +340,80 @@ mod tests {
                 phone: "9876543210".into(),
             }],
             created_at: chrono::Utc::now(),
+        }
+    }
+
+    #[test]
+    fn mail_defaults_to_the_outbox_and_takes_overrides() {
+        let d = |pairs: &[(&str, &str)]| MailSettings::from_source(pairs);
+        let s = d(&[]).unwrap();
+        assert_eq!(s.outbox_dir, PathBuf::from(DEFAULT_OUTBOX_DIR));
+        assert_eq!(s.from.email.to_string(), "noreply@localhost");
+        assert_eq!(s.public_base_url, DEFAULT_PUBLIC_BASE_URL);
+        let s = d(&[
+            ("SMTP_FROM_EMAIL", "Cup <cup@example.org>"),
+            ("PUBLIC_BASE_URL", "https://cup.example.org/"),
+        ])
+        .unwrap();
+        assert_eq!(s.from.name.as_deref(), Some("Cup"));
+        assert_eq!(s.public_base_url, "https://cup.example.org");
+        for (name, value) in [
+            ("SMTP_FROM_EMAIL", "not an address"),
+            ("PUBLIC_BASE_URL", "example.com"),
+            ("MAIL_OUTBOX_DIR", " "),
+        ] {
+            let err = d(&[(name, value)]).unwrap_err();
+            assert_eq!(err.name, name, "{value}: {err}");
+        }
+    }
+
+    #[test]
+    fn smtp_is_configured_by_its_server_and_hides_its_password() {
+        use smtp::SmtpTls;
+        let d = |pairs: &[(&str, &str)]| MailSettings::from_source(pairs);
+        assert!(d(&[("SMTP_PORT", "25")]).unwrap().smtp.is_none());
+        let s = d(&[("SMTP_SERVER", "smtp.example.org")])
+            .unwrap()
+            .smtp
+            .unwrap();
+        assert_eq!((s.tls, s.port), (SmtpTls::StartTls, 587));
+        assert!(s.credentials.is_none());
+        let all = d(&[
+            ("SMTP_SERVER", "127.0.0.1"),
+            ("SMTP_TLS", "none"),
+            ("SMTP_PORT", "2525"),
+            ("SMTP_USERNAME", "quay"),
+            ("SMTP_PASSWORD", "pa55word"),
+            ("SMTP_REPLY_TO", "Desk <desk@example.org>"),
+        ])
+        .unwrap();
+        assert_eq!(all.reply_to.unwrap().email.to_string(), "desk@example.org");
+        let s = all.smtp.unwrap();
+        assert_eq!((s.tls, s.port), (SmtpTls::None, 2525));
+        assert!(!format!("{:?}", s.credentials).contains("pa55word"));
+        assert_eq!(
+            d(&[("SMTP_SERVER", "x"), ("SMTP_TLS", "tls")])
+                .unwrap()
+                .smtp
+                .unwrap()
+                .port,
+            465
+        );
+        for (pairs, name) in [
+            (&[("SMTP_SERVER", "x"), ("SMTP_TLS", "ssl")][..], "SMTP_TLS"),
+            (&[("SMTP_SERVER", "x"), ("SMTP_PORT", "0")][..], "SMTP_PORT"),
+            (
+                &[("SMTP_SERVER", "x"), ("SMTP_PASSWORD", "pa55word")][..],
+                "SMTP_USERNAME",
+            ),
+            (
+                &[("SMTP_SERVER", "x"), ("SMTP_REPLY_TO", "nope")][..],
+                "SMTP_REPLY_TO",
+            ),
+        ] {
+            let err = d(pairs).unwrap_err();
+            assert_eq!(err.name, name, "{pairs:?}: {err}");
+            assert!(!err.to_string().contains("pa55word"), "{err}");
         }
     }
 

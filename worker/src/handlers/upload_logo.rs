@@ -14,10 +14,46 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use domain::jobs::upload_logo::UploadLogo;
 use domain::registrations::{self, LogoState};
+use engine::config::{ConfigError, Source, boolean};
 use futures::future::BoxFuture;
 
-use super::{JobContext, JobError, JobResult};
-use crate::breaker::Guards;
+use crate::runtime::breaker::Guards;
+use crate::runtime::handlers::JobContext;
+use crate::runtime::job::{JobError, JobResult};
+use cloudinary::CloudinarySettings;
+
+/// Where logos go and what happens to their bytes afterwards.
+#[derive(Debug, Clone)]
+pub struct UploadSettings {
+    /// `UPLOADS_DIR`: where logos are stored (the API serves them at `/files/<name>`).
+    pub uploads_dir: PathBuf,
+    /// Cloudinary, when configured: logos go there instead of `uploads_dir`.
+    pub cloudinary: Option<CloudinarySettings>,
+    /// `LOGO_KEEP_AFTER_UPLOAD` (default false): keep a logo's bytes in PostgreSQL after its
+    /// upload succeeded, for `LOGO_RETENTION_HOURS` after it (as for a given-up upload), so
+    /// that it can be uploaded again elsewhere; by default they are dropped with the upload.
+    pub keep_logo_bytes: bool,
+}
+
+/// Default `UPLOADS_DIR` (the API's default too).
+pub const DEFAULT_UPLOADS_DIR: &str = "./.data/uploads";
+
+impl UploadSettings {
+    /// Read and validate.
+    pub fn from_source(src: &(impl Source + ?Sized)) -> Result<Self, ConfigError> {
+        let uploads_dir = src
+            .get("UPLOADS_DIR")
+            .unwrap_or_else(|| DEFAULT_UPLOADS_DIR.to_owned());
+        if uploads_dir.trim().is_empty() {
+            return Err(ConfigError::new("UPLOADS_DIR", "must name a directory"));
+        }
+        Ok(Self {
+            uploads_dir: PathBuf::from(uploads_dir),
+            cloudinary: CloudinarySettings::from_source(src)?,
+            keep_logo_bytes: boolean(src, "LOGO_KEEP_AFTER_UPLOAD", false)?,
+        })
+    }
+}
 
 /// Where logos go: [`LocalStorage`] (the embedded default) or [`cloudinary::Cloudinary`],
 /// chosen once at start-up.
@@ -200,6 +236,21 @@ mod tests {
         );
         assert_eq!(file_name("ICCT-001", "image/gif"), None);
         assert_eq!(file_name("../../etc-001", "image/png"), None);
+    }
+
+    #[test]
+    fn settings_default_to_local_files_and_take_overrides() {
+        let none: &[(&str, &str)] = &[];
+        let s = UploadSettings::from_source(none).unwrap();
+        assert_eq!(s.uploads_dir, PathBuf::from(DEFAULT_UPLOADS_DIR));
+        assert!(s.cloudinary.is_none());
+        assert!(!s.keep_logo_bytes, "bytes go with the upload by default");
+        let s = UploadSettings::from_source(&[("LOGO_KEEP_AFTER_UPLOAD", "true")][..]).unwrap();
+        assert!(s.keep_logo_bytes);
+        for (name, value) in [("UPLOADS_DIR", " "), ("LOGO_KEEP_AFTER_UPLOAD", "maybe")] {
+            let err = UploadSettings::from_source(&[(name, value)][..]).unwrap_err();
+            assert_eq!(err.name, name, "{value}: {err}");
+        }
     }
 
     #[tokio::test]

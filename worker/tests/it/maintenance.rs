@@ -287,7 +287,7 @@ async fn expired_idempotency_keys_are_pruned_and_fresh_ones_stay() {
     key(&db, "expired-a", 3 * 3600).await;
     key(&db, "expired-b", 3600 + 60).await;
     key(&db, "fresh", 3600 - 60).await;
-    let n = worker::maintenance::keys::run_once(db.conn().await, ttl)
+    let n = worker::housekeeping::keys::run_once(db.conn().await, ttl)
         .await
         .unwrap();
     assert_eq!(n, 2);

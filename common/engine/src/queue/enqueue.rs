@@ -1,6 +1,6 @@
 //! Enqueue: one job or many, inside the caller's transaction when given one.
 //!
-//! A registration row and its jobs commit or roll back together because the caller passes its
+//! An application's rows and their jobs commit or roll back together because the caller passes its
 //! own `Transaction`; a statement-level trigger NOTIFYs idle workers, and PostgreSQL delivers
 //! that on commit, so a worker never wakes for a job it cannot see. A unique key makes a second
 //! enqueue of an unfinished job return the existing one, also under concurrent inserts.

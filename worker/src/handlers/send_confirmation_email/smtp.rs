@@ -12,13 +12,118 @@ use futures::future::BoxFuture;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
+use engine::config::{ConfigError, Secret, Source, millis, parse_or};
+
 use super::{MailError, Mailer};
-use crate::breaker::Guards;
-use crate::config::{SmtpSettings, SmtpTls};
-use crate::handlers::JobError;
+use crate::runtime::breaker::{Guards, NamedService, policy_names};
+use crate::runtime::job::JobError;
 
 /// The guard name of the SMTP server: its breaker and rate limit.
 pub const SERVICE: &str = "smtp";
+
+/// The SMTP server's breaker and rate-limit settings: `SMTP_BREAKER_*` over `BREAKER_*`,
+/// and `SMTP_RATE_LIMIT`.
+pub const GUARD_SETTINGS: NamedService = NamedService {
+    service: SERVICE,
+    breaker: policy_names!("SMTP_BREAKER_"),
+    rate_limit: "SMTP_RATE_LIMIT",
+};
+
+/// How mail reaches the SMTP server: `SMTP_TLS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpTls {
+    /// `starttls`: plain connection upgraded with STARTTLS, which is required.
+    StartTls,
+    /// `tls`: TLS from the first byte (SMTPS, usually port 465).
+    Tls,
+    /// `none`: no encryption; for a relay on the same host or a test server only.
+    None,
+}
+
+/// An SMTP server for confirmation mail.
+#[derive(Debug, Clone)]
+pub struct SmtpSettings {
+    /// `SMTP_SERVER`: host name (also the name its certificate must carry).
+    pub server: String,
+    /// `SMTP_PORT`: defaults to 587 for `starttls`, 465 for `tls`, 25 for `none`.
+    pub port: u16,
+    /// `SMTP_USERNAME` and `SMTP_PASSWORD`, when the server wants a login.
+    pub credentials: Option<(String, Secret)>,
+    /// `SMTP_TLS`.
+    pub tls: SmtpTls,
+    /// `SMTP_CONNECT_TIMEOUT_MS`: connecting (lettre's timeout).
+    pub connect_timeout: Duration,
+    /// `SMTP_SEND_TIMEOUT_MS`: the whole exchange of one message, from taking a connection to
+    /// the server's answer to the data (lettre's async client has no per-command timeout).
+    pub send_timeout: Duration,
+}
+
+/// Default `SMTP_CONNECT_TIMEOUT_MS`.
+pub const DEFAULT_SMTP_CONNECT_TIMEOUT_MS: u64 = 10_000;
+/// Default `SMTP_SEND_TIMEOUT_MS`: inside the kind's 60 s attempt timeout, so a stuck server
+/// is reported as such rather than as a job timeout.
+pub const DEFAULT_SMTP_SEND_TIMEOUT_MS: u64 = 30_000;
+
+impl SmtpSettings {
+    /// Read and validate; `None` when `SMTP_SERVER` is unset.
+    pub fn from_source(src: &(impl Source + ?Sized)) -> Result<Option<Self>, ConfigError> {
+        let Some(server) = src.get("SMTP_SERVER").map(|s| s.trim().to_owned()) else {
+            return Ok(None);
+        };
+        let tls = match src
+            .get("SMTP_TLS")
+            .map(|t| t.trim().to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("starttls") => SmtpTls::StartTls,
+            Some("tls") => SmtpTls::Tls,
+            Some("none") => SmtpTls::None,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "SMTP_TLS",
+                    format!("{other:?} is not one of starttls, tls, none"),
+                ));
+            }
+        };
+        let default_port = match tls {
+            SmtpTls::StartTls => 587,
+            SmtpTls::Tls => 465,
+            SmtpTls::None => 25,
+        };
+        let port: u16 = parse_or(src, "SMTP_PORT", default_port)?;
+        if port == 0 {
+            return Err(ConfigError::new("SMTP_PORT", "must be greater than 0"));
+        }
+        let credentials = match (src.get("SMTP_USERNAME"), src.get("SMTP_PASSWORD")) {
+            (None, None) => None,
+            (Some(user), Some(password)) => Some((user.trim().to_owned(), Secret::new(password))),
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    "SMTP_USERNAME",
+                    "must be set when SMTP_PASSWORD is",
+                ));
+            }
+            (Some(_), None) => {
+                return Err(ConfigError::new(
+                    "SMTP_PASSWORD",
+                    "must be set when SMTP_USERNAME is",
+                ));
+            }
+        };
+        Ok(Some(SmtpSettings {
+            server,
+            port,
+            credentials,
+            tls,
+            connect_timeout: millis(
+                src,
+                "SMTP_CONNECT_TIMEOUT_MS",
+                DEFAULT_SMTP_CONNECT_TIMEOUT_MS,
+            )?,
+            send_timeout: millis(src, "SMTP_SEND_TIMEOUT_MS", DEFAULT_SMTP_SEND_TIMEOUT_MS)?,
+        }))
+    }
+}
 
 /// An SMTP server, with a pool of connections to it.
 pub struct SmtpMailer {

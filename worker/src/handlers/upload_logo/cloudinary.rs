@@ -16,13 +16,158 @@ use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::multipart::{Form, Part};
 use sha1::{Digest, Sha1};
 
+use engine::config::{ConfigError, Secret, Source, millis, parse_or};
+
 use super::{Storage, StorageError};
-use crate::breaker::Guards;
-use crate::config::CloudinarySettings;
-use crate::handlers::JobError;
+use crate::runtime::breaker::{Guards, NamedService, policy_names};
+use crate::runtime::job::JobError;
 
 /// The guard name of Cloudinary: its breaker and rate limit.
 pub const SERVICE: &str = "cloudinary";
+
+/// Cloudinary's breaker and rate-limit settings: `CLOUDINARY_BREAKER_*` over `BREAKER_*`,
+/// and `CLOUDINARY_RATE_LIMIT`.
+pub const GUARD_SETTINGS: NamedService = NamedService {
+    service: SERVICE,
+    breaker: policy_names!("CLOUDINARY_BREAKER_"),
+    rate_limit: "CLOUDINARY_RATE_LIMIT",
+};
+
+/// Cloudinary's Upload API: `CLOUDINARY_URL` (`cloudinary://key:secret@cloud`) or
+/// `CLOUDINARY_CLOUD_NAME`, `CLOUDINARY_API_KEY` and `CLOUDINARY_API_SECRET`.
+#[derive(Debug, Clone)]
+pub struct CloudinarySettings {
+    /// The cloud (account) name, part of the upload URL.
+    pub cloud_name: String,
+    /// The API key, sent with each upload.
+    pub api_key: String,
+    /// The API secret: signs uploads and is never sent, logged or shown.
+    pub api_secret: Secret,
+    /// `CLOUDINARY_API_BASE`: scheme and host of the API, without a trailing slash.
+    pub api_base: String,
+    /// `CLOUDINARY_FOLDER`: the folder logos are put in; none puts them at the root.
+    pub folder: Option<String>,
+    /// `CLOUDINARY_CONNECT_TIMEOUT_MS`.
+    pub connect_timeout: Duration,
+    /// `CLOUDINARY_REQUEST_TIMEOUT_MS`: one whole upload request, answer included.
+    pub request_timeout: Duration,
+    /// `CLOUDINARY_CALL_RETRIES`: quick retries of one upload within an attempt, after a
+    /// connection error or a 5xx (0 turns them off); job-level retries come after these.
+    pub call_retries: u32,
+    /// `CLOUDINARY_CALL_RETRY_MS`: the pause before the first quick retry, doubled for each
+    /// further one.
+    pub call_retry_delay: Duration,
+}
+
+/// Default `CLOUDINARY_API_BASE`.
+pub const DEFAULT_CLOUDINARY_API_BASE: &str = "https://api.cloudinary.com";
+/// Default `CLOUDINARY_CONNECT_TIMEOUT_MS`: a healthy API answers the handshake in well under
+/// a second; 5 s leaves room for a slow DNS resolver.
+pub const DEFAULT_CLOUDINARY_CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// Default `CLOUDINARY_REQUEST_TIMEOUT_MS`: a 5 MB logo at 1 Mbit/s takes about 40 s; 60 s
+/// stays inside the kind's 2 min attempt timeout with room for a quick retry.
+pub const DEFAULT_CLOUDINARY_REQUEST_TIMEOUT_MS: u64 = 60_000;
+/// Default `CLOUDINARY_CALL_RETRIES`: two quick retries ride out a dropped connection or a
+/// single 502 without waiting for the job's backoff.
+pub const DEFAULT_CLOUDINARY_CALL_RETRIES: u32 = 2;
+/// Default `CLOUDINARY_CALL_RETRY_MS`.
+pub const DEFAULT_CLOUDINARY_CALL_RETRY_MS: u64 = 250;
+impl CloudinarySettings {
+    /// Read and validate; `None` when Cloudinary is not configured at all.
+    pub fn from_source(src: &(impl Source + ?Sized)) -> Result<Option<Self>, ConfigError> {
+        let (cloud_name, api_key, api_secret) = match src.get("CLOUDINARY_URL") {
+            Some(url) => parse_cloudinary_url(url.trim())?,
+            None => {
+                const NAMES: [&str; 3] = [
+                    "CLOUDINARY_CLOUD_NAME",
+                    "CLOUDINARY_API_KEY",
+                    "CLOUDINARY_API_SECRET",
+                ];
+                let [cloud, key, secret] = NAMES.map(|n| src.get(n));
+                match (cloud, key, secret) {
+                    (None, None, None) => return Ok(None),
+                    (Some(c), Some(k), Some(s)) => (
+                        c.trim().to_owned(),
+                        k.trim().to_owned(),
+                        Secret::new(s.trim()),
+                    ),
+                    (c, k, _) => {
+                        let missing = if c.is_none() {
+                            NAMES[0]
+                        } else if k.is_none() {
+                            NAMES[1]
+                        } else {
+                            NAMES[2]
+                        };
+                        return Err(ConfigError::new(
+                            missing,
+                            "must be set with the other CLOUDINARY_* credentials",
+                        ));
+                    }
+                }
+            }
+        };
+        let api_base = src
+            .get("CLOUDINARY_API_BASE")
+            .unwrap_or_else(|| DEFAULT_CLOUDINARY_API_BASE.to_owned());
+        if !(api_base.starts_with("http://") || api_base.starts_with("https://")) {
+            return Err(ConfigError::new(
+                "CLOUDINARY_API_BASE",
+                format!("{api_base:?} is not an http(s) URL"),
+            ));
+        }
+        let folder = src
+            .get("CLOUDINARY_FOLDER")
+            .map(|f| f.trim().trim_matches('/').to_owned())
+            .filter(|f| !f.is_empty());
+        Ok(Some(CloudinarySettings {
+            cloud_name,
+            api_key,
+            api_secret,
+            api_base: api_base.trim_end_matches('/').to_owned(),
+            folder,
+            connect_timeout: millis(
+                src,
+                "CLOUDINARY_CONNECT_TIMEOUT_MS",
+                DEFAULT_CLOUDINARY_CONNECT_TIMEOUT_MS,
+            )?,
+            request_timeout: millis(
+                src,
+                "CLOUDINARY_REQUEST_TIMEOUT_MS",
+                DEFAULT_CLOUDINARY_REQUEST_TIMEOUT_MS,
+            )?,
+            call_retries: parse_or(
+                src,
+                "CLOUDINARY_CALL_RETRIES",
+                DEFAULT_CLOUDINARY_CALL_RETRIES,
+            )?,
+            call_retry_delay: millis(
+                src,
+                "CLOUDINARY_CALL_RETRY_MS",
+                DEFAULT_CLOUDINARY_CALL_RETRY_MS,
+            )?,
+        }))
+    }
+}
+
+/// `cloudinary://key:secret@cloud` into its parts; errors never quote the value (it holds the
+/// secret).
+fn parse_cloudinary_url(url: &str) -> Result<(String, String, Secret), ConfigError> {
+    let bad = || {
+        ConfigError::new(
+            "CLOUDINARY_URL",
+            "is not of the form cloudinary://api_key:api_secret@cloud_name",
+        )
+    };
+    let rest = url.strip_prefix("cloudinary://").ok_or_else(bad)?;
+    let (credentials, cloud) = rest.rsplit_once('@').ok_or_else(bad)?;
+    let (key, secret) = credentials.split_once(':').ok_or_else(bad)?;
+    let cloud = cloud.trim_end_matches('/');
+    if key.is_empty() || secret.is_empty() || cloud.is_empty() || cloud.contains('/') {
+        return Err(bad());
+    }
+    Ok((cloud.to_owned(), key.to_owned(), Secret::new(secret)))
+}
 
 /// Cloudinary's Upload API, with one HTTP client (and its connection pool) for all uploads.
 #[derive(Debug)]
@@ -300,6 +445,66 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cloudinary_is_configured_by_url_or_by_parts_and_hides_its_secret() {
+        let d = |pairs: &[(&str, &str)]| CloudinarySettings::from_source(pairs);
+        assert!(d(&[]).unwrap().is_none());
+        let c = d(&[("CLOUDINARY_URL", "cloudinary://123:s3cr3t-x@demo")])
+            .unwrap()
+            .unwrap();
+        assert_eq!((c.cloud_name.as_str(), c.api_key.as_str()), ("demo", "123"));
+        assert_eq!(c.api_secret.expose(), "s3cr3t-x");
+        assert_eq!(c.api_base, DEFAULT_CLOUDINARY_API_BASE);
+        assert_eq!(c.folder, None);
+        assert_eq!(c.call_retries, DEFAULT_CLOUDINARY_CALL_RETRIES);
+        assert!(!format!("{c:?}").contains("s3cr3t"), "{c:?}");
+        let c = d(&[
+            ("CLOUDINARY_CLOUD_NAME", "demo"),
+            ("CLOUDINARY_API_KEY", "123"),
+            ("CLOUDINARY_API_SECRET", "s3cr3t"),
+            ("CLOUDINARY_API_BASE", "http://127.0.0.1:9/"),
+            ("CLOUDINARY_FOLDER", "/logos/"),
+            ("CLOUDINARY_CALL_RETRIES", "0"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.api_base, "http://127.0.0.1:9");
+        assert_eq!(c.folder.as_deref(), Some("logos"));
+        assert_eq!(c.call_retries, 0);
+        for (pairs, name) in [
+            (
+                &[("CLOUDINARY_URL", "cloudinary://123@demo")][..],
+                "CLOUDINARY_URL",
+            ),
+            (
+                &[("CLOUDINARY_URL", "https://123:s3cr3t@demo")][..],
+                "CLOUDINARY_URL",
+            ),
+            (
+                &[
+                    ("CLOUDINARY_API_KEY", "1"),
+                    ("CLOUDINARY_API_SECRET", "s3cr3t"),
+                ][..],
+                "CLOUDINARY_CLOUD_NAME",
+            ),
+            (
+                &[("CLOUDINARY_CLOUD_NAME", "d"), ("CLOUDINARY_API_KEY", "1")][..],
+                "CLOUDINARY_API_SECRET",
+            ),
+            (
+                &[
+                    ("CLOUDINARY_URL", "cloudinary://1:s3cr3t@d"),
+                    ("CLOUDINARY_API_BASE", "ftp://x"),
+                ][..],
+                "CLOUDINARY_API_BASE",
+            ),
+        ] {
+            let err = d(pairs).unwrap_err();
+            assert_eq!(err.name, name, "{pairs:?}: {err}");
+            assert!(!err.to_string().contains("s3cr3t"), "{err}");
+        }
+    }
 
     #[test]
     fn the_signature_is_cloudinarys_documented_example() {

@@ -17,10 +17,20 @@ use std::time::Duration;
 
 use deadpool_postgres::Client;
 use domain::registrations::prune_logos;
+use engine::config::{ConfigError, Source, positive};
 
 /// Default `LOGO_RETENTION_HOURS`: a week, as `JOB_RETENTION_HOURS`, so an abandoned upload's
 /// job and its bytes go about together.
 pub const DEFAULT_LOGO_RETENTION_HOURS: u64 = 168;
+
+/// `LOGO_RETENTION_HOURS`, as a duration.
+pub fn retention_from_source(src: &(impl Source + ?Sized)) -> Result<Duration, ConfigError> {
+    Ok(Duration::from_secs(3600u64.saturating_mul(positive(
+        src,
+        "LOGO_RETENTION_HOURS",
+        DEFAULT_LOGO_RETENTION_HOURS,
+    )?)))
+}
 
 /// Most logos one statement deletes. Each can be 5 MB (stored out of line), so the batches
 /// are smaller than the pruner's.
@@ -50,14 +60,10 @@ pub async fn run_once(conn: Client, retention: Duration) -> anyhow::Result<u64> 
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use super::*;
 
-    use crate::config::WorkerSettings;
-
-    fn retention(env: &[(&str, &str)]) -> Result<Duration, engine::config::ConfigError> {
-        let mut all = vec![("DATABASE_URL", "postgres://u@localhost/db")];
-        all.extend_from_slice(env);
-        WorkerSettings::from_source(&all[..], None, None).map(|s| s.maintenance.logo_retention)
+    fn retention(env: &[(&str, &str)]) -> Result<Duration, ConfigError> {
+        retention_from_source(env)
     }
 
     #[test]

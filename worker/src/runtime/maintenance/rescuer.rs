@@ -15,7 +15,7 @@ pub async fn run_once(conn: Client) -> anyhow::Result<()> {
             num_discarded = r.discarded,
             "rescued jobs whose lease expired"
         );
-        crate::metrics::rescued(r.retried, r.discarded);
+        crate::runtime::metrics::rescued(r.retried, r.discarded);
     }
     Ok(())
 }

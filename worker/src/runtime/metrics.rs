@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use engine::breaker::State;
+use engine::config::{ConfigError, Source, parse_or};
 use engine::queue::outcome::Outcome;
 use metrics::{Counter, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
@@ -15,6 +16,14 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 const BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
 ];
+
+/// `METRICS_PORT`: the port of the `/metrics` endpoint; none when unset.
+pub fn port_from_source(src: &(impl Source + ?Sized)) -> Result<Option<u16>, ConfigError> {
+    match src.get("METRICS_PORT") {
+        None => Ok(None),
+        Some(_) => Ok(Some(parse_or(src, "METRICS_PORT", 0u16)?)),
+    }
+}
 
 /// Serve `/metrics` on `port` (all interfaces).
 pub fn install(port: u16) -> anyhow::Result<()> {
@@ -144,4 +153,21 @@ pub fn external_call(service: &str, ok: bool) {
     let result = if ok { "success" } else { "failure" };
     counter!("quayside_external_calls_total", "service" => service.to_owned(), "result" => result)
         .increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_port_is_optional_and_a_bad_one_is_named() {
+        let none: &[(&str, &str)] = &[];
+        assert_eq!(port_from_source(none).unwrap(), None);
+        assert_eq!(
+            port_from_source(&[("METRICS_PORT", "9100")][..]).unwrap(),
+            Some(9100)
+        );
+        let err = port_from_source(&[("METRICS_PORT", "99999")][..]).unwrap_err();
+        assert_eq!(err.name, "METRICS_PORT");
+    }
 }

@@ -23,9 +23,10 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use engine::breaker::{self, Call, Decision, Forced, Policy, State};
+use engine::config::{ConfigError, Source, millis, parse_or, positive};
 use engine::ratelimit::{self, Limit, Take};
 
-use crate::handlers::JobError;
+use super::job::JobError;
 
 /// The breaker policy and rate limit of one service.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,17 +48,134 @@ pub struct ServicesSettings {
     pub cache_ttl: Duration,
 }
 
+/// The names of the settings of a service that has its own: `{PREFIX}BREAKER_*` over the
+/// `BREAKER_*` of every service, and its rate limit. The application lists its services
+/// (each integration owns its entry); the runtime knows none by name.
+#[derive(Debug, Clone, Copy)]
+pub struct NamedService {
+    /// The guard name of the service, as handlers pass it to [`Guards::call`].
+    pub service: &'static str,
+    /// The names of its breaker settings (`policy_names!("SMTP_BREAKER_")`).
+    pub breaker: PolicyNames,
+    /// The name of its rate-limit setting (`SMTP_RATE_LIMIT`).
+    pub rate_limit: &'static str,
+}
+
+/// The names of one breaker policy's settings; made by [`policy_names!`] from a prefix.
+#[derive(Debug, Clone, Copy)]
+pub struct PolicyNames {
+    /// `{prefix}FAILURE_THRESHOLD`.
+    pub threshold: &'static str,
+    /// `{prefix}FAILURE_RATE`.
+    pub rate: &'static str,
+    /// `{prefix}MIN_CALLS`.
+    pub min_calls: &'static str,
+    /// `{prefix}WINDOW_MS`.
+    pub window: &'static str,
+    /// `{prefix}COOL_DOWN_MS`.
+    pub cool_down: &'static str,
+    /// `{prefix}HALF_OPEN_PROBES`.
+    pub probes: &'static str,
+}
+
+/// The [`PolicyNames`] of the settings that start with `$prefix` (a string literal).
+macro_rules! policy_names {
+    ($prefix:literal) => {
+        $crate::runtime::breaker::PolicyNames {
+            threshold: concat!($prefix, "FAILURE_THRESHOLD"),
+            rate: concat!($prefix, "FAILURE_RATE"),
+            min_calls: concat!($prefix, "MIN_CALLS"),
+            window: concat!($prefix, "WINDOW_MS"),
+            cool_down: concat!($prefix, "COOL_DOWN_MS"),
+            probes: concat!($prefix, "HALF_OPEN_PROBES"),
+        }
+    };
+}
+pub(crate) use policy_names;
+
+/// Default `BREAKER_CACHE_TTL_MS`: a failure seen by one process stops the others within a
+/// second, while a healthy service costs one breaker round trip per second per process.
+pub const DEFAULT_BREAKER_CACHE_TTL_MS: u64 = 1_000;
+
 impl Default for ServicesSettings {
     fn default() -> Self {
         ServicesSettings {
             default: Policy::default(),
             services: HashMap::new(),
-            cache_ttl: Duration::from_secs(1),
+            cache_ttl: Duration::from_millis(DEFAULT_BREAKER_CACHE_TTL_MS),
         }
     }
 }
 
 impl ServicesSettings {
+    /// Read and validate the breakers and rate limits: `BREAKER_*` for every service, the
+    /// settings of each of `named` over them, and `RATE_LIMITS` (`service=calls/period,...`)
+    /// for any service.
+    pub fn from_source(
+        src: &(impl Source + ?Sized),
+        named: &[NamedService],
+    ) -> Result<Self, ConfigError> {
+        let default = policy(src, &policy_names!("BREAKER_"), &Policy::default())?;
+        let mut services = HashMap::new();
+        let limit = |name: &'static str, raw: &str| {
+            raw.parse::<Limit>().map_err(|e| ConfigError::new(name, e))
+        };
+        if let Some(raw) = src.get("RATE_LIMITS") {
+            for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                let (service, l) = part.split_once('=').ok_or_else(|| {
+                    ConfigError::new(
+                        "RATE_LIMITS",
+                        format!("{part:?} is not service=calls/period"),
+                    )
+                })?;
+                let service = service.trim();
+                if service.is_empty()
+                    || !service
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+                {
+                    return Err(ConfigError::new(
+                        "RATE_LIMITS",
+                        format!("{service:?} is not a service name (letters, digits, _ - .)"),
+                    ));
+                }
+                let rate_limit = Some(limit("RATE_LIMITS", l)?);
+                let old = services.insert(
+                    service.to_owned(),
+                    ServiceSettings {
+                        breaker: default,
+                        rate_limit,
+                    },
+                );
+                if old.is_some() {
+                    return Err(ConfigError::new(
+                        "RATE_LIMITS",
+                        format!("{service:?} is listed twice"),
+                    ));
+                }
+            }
+        }
+        for n in named {
+            let breaker = policy(src, &n.breaker, &default)?;
+            let rate_limit = match src.get(n.rate_limit) {
+                Some(raw) => Some(limit(n.rate_limit, &raw)?),
+                None => services.get(n.service).and_then(|s| s.rate_limit),
+            };
+            services.insert(
+                n.service.to_string(),
+                ServiceSettings {
+                    breaker,
+                    rate_limit,
+                },
+            );
+        }
+        Ok(ServicesSettings {
+            default,
+            services,
+            cache_ttl: millis(src, "BREAKER_CACHE_TTL_MS", DEFAULT_BREAKER_CACHE_TTL_MS)?,
+        })
+    }
+
     /// The settings of `service`: its own, or the default policy with no rate limit.
     pub fn of(&self, service: &str) -> ServiceSettings {
         self.services
@@ -157,7 +275,7 @@ impl Guards {
                 _ => None,
             };
             if let Some(until) = until {
-                crate::metrics::breaker_denied(service);
+                super::metrics::breaker_denied(service);
                 return Err(snooze_until(until));
             }
         }
@@ -165,7 +283,7 @@ impl Guards {
             match inner.take(service, limit).await {
                 Ok(Take::Allowed { .. }) => {}
                 Ok(Take::Wait { until }) => {
-                    crate::metrics::rate_limited(service);
+                    super::metrics::rate_limited(service);
                     return Err(snooze_until(until));
                 }
                 Err(e) => {
@@ -190,7 +308,7 @@ impl Guards {
         match inner.acquire(service, &settings.breaker).await {
             Ok(Decision::Allowed { probe }) => Ok(self.permit(service, probe)),
             Ok(Decision::Denied { until }) => {
-                crate::metrics::breaker_denied(service);
+                super::metrics::breaker_denied(service);
                 Err(snooze_until(until))
             }
             Err(e) => {
@@ -233,7 +351,7 @@ impl Guards {
     }
 
     async fn record(&self, service: &str, call: Call, probe: bool) {
-        crate::metrics::external_call(service, call == Call::Success);
+        super::metrics::external_call(service, call == Call::Success);
         if let Some(inner) = &self.inner {
             if call == Call::Success && !probe && inner.count_success(service) {
                 return;
@@ -341,9 +459,9 @@ impl Inner {
             .entry(b.service.clone())
             .or_default()
             .seen = Some(seen);
-        crate::metrics::breaker_state(&b.service, b.state);
+        super::metrics::breaker_state(&b.service, b.state);
         if let Some(t) = transition {
-            crate::metrics::breaker_transition(&b.service, t.from, t.to);
+            super::metrics::breaker_transition(&b.service, t.from, t.to);
             tracing::warn!(
                 service = %b.service,
                 from = t.from.as_str(),
@@ -382,6 +500,31 @@ impl Inner {
         self.saw(&out.breaker, out.transition.as_ref());
         Ok(())
     }
+}
+
+/// The breaker policy read from `names`, each unset one taken from `base`.
+fn policy(
+    src: &(impl Source + ?Sized),
+    names: &PolicyNames,
+    base: &Policy,
+) -> Result<Policy, ConfigError> {
+    let ms = |name, d: Duration| millis(src, name, d.as_millis() as u64);
+    let failure_rate: f64 = parse_or(src, names.rate, base.failure_rate)?;
+    if !(0.0..=1.0).contains(&failure_rate) {
+        return Err(ConfigError::new(names.rate, "must be between 0 and 1"));
+    }
+    Ok(Policy {
+        failure_threshold: parse_or(src, names.threshold, base.failure_threshold)?,
+        failure_rate,
+        min_calls: positive(src, names.min_calls, u64::from(base.min_calls))?
+            .try_into()
+            .map_err(|_| ConfigError::new(names.min_calls, "too large"))?,
+        window: ms(names.window, base.window)?,
+        recovery_timeout: ms(names.cool_down, base.recovery_timeout)?,
+        half_open_max_calls: positive(src, names.probes, u64::from(base.half_open_max_calls))?
+            .try_into()
+            .map_err(|_| ConfigError::new(names.probes, "too large"))?,
+    })
 }
 
 /// Closed (or forced closed) with no failure since the last success: calls need not ask.
@@ -429,6 +572,48 @@ mod tests {
         assert_eq!(s.of("smtp").breaker.failure_threshold, 2);
         assert_eq!(s.of("other").breaker, Policy::default());
         assert_eq!(s.of("other").rate_limit, None);
+    }
+
+    #[test]
+    fn a_named_services_settings_go_over_the_defaults_and_bad_ones_are_named() {
+        const SVC: NamedService = NamedService {
+            service: "svc",
+            breaker: policy_names!("SVC_BREAKER_"),
+            rate_limit: "SVC_RATE_LIMIT",
+        };
+        let read = |env: &[(&str, &str)]| ServicesSettings::from_source(env, &[SVC]);
+        let s = read(&[
+            ("BREAKER_FAILURE_THRESHOLD", "7"),
+            ("SVC_BREAKER_HALF_OPEN_PROBES", "3"),
+            ("RATE_LIMITS", "svc=1/1s, other=10/5s"),
+        ])
+        .unwrap();
+        let svc = s.of("svc");
+        assert_eq!(
+            (
+                svc.breaker.failure_threshold,
+                svc.breaker.half_open_max_calls
+            ),
+            (7, 3)
+        );
+        assert_eq!(svc.rate_limit, Some("1/1s".parse().unwrap()));
+        assert_eq!(s.of("other").rate_limit, Some("10/5s".parse().unwrap()));
+        assert_eq!(
+            s.cache_ttl,
+            Duration::from_millis(DEFAULT_BREAKER_CACHE_TTL_MS)
+        );
+        let s = read(&[("SVC_RATE_LIMIT", "2/1s"), ("RATE_LIMITS", "svc=1/1s")]).unwrap();
+        assert_eq!(s.of("svc").rate_limit, Some("2/1s".parse().unwrap()));
+        for (name, value) in [
+            ("BREAKER_FAILURE_RATE", "1.5"),
+            ("SVC_BREAKER_MIN_CALLS", "0"),
+            ("SVC_RATE_LIMIT", "500"),
+            ("RATE_LIMITS", "a=1/1s,a=2/1s"),
+            ("BREAKER_CACHE_TTL_MS", "soon"),
+        ] {
+            let err = read(&[(name, value)]).unwrap_err();
+            assert_eq!(err.name, name, "{value}: {err}");
+        }
     }
 
     fn settings(rate_limit: Option<&str>) -> ServicesSettings {

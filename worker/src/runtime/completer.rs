@@ -15,7 +15,7 @@ use engine::queue::outcome::{self, AttemptOutcome};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::lease::Held;
+use super::lease::Held;
 
 /// Most outcomes written by one statement.
 const MAX_BATCH: usize = 5_000;

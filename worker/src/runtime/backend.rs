@@ -25,9 +25,10 @@ use futures::future::BoxFuture;
 use tokio::sync::{Semaphore, mpsc};
 use tower::{Layer, Service};
 
-use crate::completer::CompleterHandle;
-use crate::handlers::{Handlers, JobError};
-use crate::metrics::QueueMetrics;
+use super::completer::CompleterHandle;
+use super::handlers::Handlers;
+use super::job::JobError;
+use super::metrics::QueueMetrics;
 
 /// The backend of one queue's apalis worker.
 #[derive(Clone)]
@@ -262,7 +263,7 @@ mod tests {
 
     #[test]
     fn outcomes_follow_the_handlers_verdict_and_the_attempt_budget() {
-        let spec = domain::jobs::kind("noop").ok().map(|s| s.retry);
+        let spec = Some(engine::jobs::noop::SPEC.retry);
         let d = |e: JobError, attempt| decide(&e, attempt, 3, spec);
         assert!(matches!(
             d(JobError::Retry("x".into()), 1),

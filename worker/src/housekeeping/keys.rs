@@ -7,6 +7,16 @@ use std::time::Duration;
 
 use deadpool_postgres::Client;
 use domain::registrations::prune_keys;
+use engine::config::{ConfigError, Source, positive};
+
+/// `IDEMPOTENCY_TTL` (the API's setting, in seconds, with the API's default).
+pub fn ttl_from_source(src: &(impl Source + ?Sized)) -> Result<Duration, ConfigError> {
+    Ok(Duration::from_secs(positive(
+        src,
+        "IDEMPOTENCY_TTL",
+        domain::registrations::DEFAULT_IDEMPOTENCY_TTL_S,
+    )?))
+}
 
 /// Most records one statement deletes: a short lock, and a pass that ends soon.
 const KEYS_BATCH: usize = 10_000;
@@ -32,14 +42,10 @@ pub async fn run_once(conn: Client, ttl: Duration) -> anyhow::Result<u64> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use super::*;
 
-    use crate::config::WorkerSettings;
-
-    fn ttl(env: &[(&str, &str)]) -> Result<Duration, engine::config::ConfigError> {
-        let mut all = vec![("DATABASE_URL", "postgres://u@localhost/db")];
-        all.extend_from_slice(env);
-        WorkerSettings::from_source(&all[..], None, None).map(|s| s.maintenance.idempotency_ttl)
+    fn ttl(env: &[(&str, &str)]) -> Result<Duration, ConfigError> {
+        ttl_from_source(env)
     }
 
     #[test]

@@ -1,0 +1,294 @@
+//! The producer of one queue: fetches jobs in batches for the slots that are free and hands
+//! them to the queue's apalis worker.
+//!
+//! It never fetches more jobs than there are free slots, so a fetched job starts at once and
+//! its lease is not spent waiting. It wakes on a notification for its queue, on a poll tick
+//! (the fallback, and the only wake-up in polling-only mode), or straight away after a full
+//! batch, since more jobs are probably waiting.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use engine::config::{ConfigError, Source, millis, positive};
+use engine::queue::{FetchedJob, fetch};
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::lease::Held;
+use super::metrics::QueueMetrics;
+
+/// The queues served and how they are fetched.
+#[derive(Debug, Clone)]
+pub struct ProducerSettings {
+    /// The queues served, each with its number of job slots.
+    pub queues: Vec<(String, usize)>,
+    /// Most jobs fetched in one statement.
+    pub fetch_batch: usize,
+    /// How long a fetched job is leased; renewed every third of it while the job runs.
+    pub lease: Duration,
+    /// Fallback poll of each queue when no notification arrives (and the only wake-up in
+    /// polling-only mode).
+    pub poll_interval: Duration,
+}
+
+/// Default `WORKER_CONCURRENCY`: job slots per queue.
+pub const DEFAULT_CONCURRENCY: u64 = 16;
+/// Default `WORKER_FETCH_BATCH`.
+pub const DEFAULT_FETCH_BATCH: u64 = 1000;
+/// Default `WORKER_LEASE_MS`: 30 s, renewed every 10 s, so a killed worker's jobs run again
+/// within about half a minute, while a renewal can miss twice before the lease is lost.
+pub const DEFAULT_LEASE_MS: u64 = 30_000;
+/// Shortest `WORKER_LEASE_MS`: renewed every third, a lease shorter than this would keep the
+/// lease loop busy.
+pub const MIN_LEASE_MS: u64 = 300;
+/// Default `WORKER_POLL_INTERVAL_MS`.
+pub const DEFAULT_POLL_INTERVAL_MS: u64 = 1_000;
+
+impl ProducerSettings {
+    /// Read and validate. `queues` and `concurrency` are the command-line flags, which win over
+    /// `WORKER_QUEUES` and `WORKER_CONCURRENCY`.
+    pub fn from_source(
+        src: &(impl Source + ?Sized),
+        queues: Option<String>,
+        concurrency: Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let concurrency = match concurrency {
+            Some(c) => c
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        "WORKER_CONCURRENCY",
+                        format!("--concurrency {c:?} is not a positive integer"),
+                    )
+                })?,
+            None => positive(src, "WORKER_CONCURRENCY", DEFAULT_CONCURRENCY)?,
+        } as usize;
+        let queues = parse_queues(
+            &queues
+                .or_else(|| src.get("WORKER_QUEUES"))
+                .unwrap_or_else(|| "default".into()),
+            concurrency,
+        )?;
+        let lease = millis(src, "WORKER_LEASE_MS", DEFAULT_LEASE_MS)?;
+        if lease < Duration::from_millis(MIN_LEASE_MS) {
+            return Err(ConfigError::new(
+                "WORKER_LEASE_MS",
+                format!("must be at least {MIN_LEASE_MS}"),
+            ));
+        }
+        Ok(Self {
+            queues,
+            fetch_batch: positive(src, "WORKER_FETCH_BATCH", DEFAULT_FETCH_BATCH)? as usize,
+            lease,
+            poll_interval: millis(src, "WORKER_POLL_INTERVAL_MS", DEFAULT_POLL_INTERVAL_MS)?,
+        })
+    }
+
+    /// Job slots over all queues.
+    pub fn total_concurrency(&self) -> usize {
+        self.queues.iter().map(|(_, n)| n).sum()
+    }
+}
+
+/// `email,uploads:4`: queue names, each optionally with its own slot count.
+fn parse_queues(raw: &str, default_slots: usize) -> Result<Vec<(String, usize)>, ConfigError> {
+    let mut out: Vec<(String, usize)> = Vec::new();
+    for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, slots) = match part.split_once(':') {
+            Some((n, s)) => (
+                n.trim(),
+                s.trim()
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|&s| s > 0)
+                    .ok_or_else(|| {
+                        ConfigError::new(
+                            "WORKER_QUEUES",
+                            format!("{part:?}: slots must be a positive integer"),
+                        )
+                    })?,
+            ),
+            None => (part, default_slots),
+        };
+        let valid = !name.is_empty()
+            && name.len() <= 128
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+        if !valid {
+            return Err(ConfigError::new(
+                "WORKER_QUEUES",
+                format!("{name:?} is not a queue name (letters, digits, _ - .)"),
+            ));
+        }
+        if out.iter().any(|(n, _)| n == name) {
+            return Err(ConfigError::new(
+                "WORKER_QUEUES",
+                format!("{name:?} is listed twice"),
+            ));
+        }
+        out.push((name.to_owned(), slots));
+    }
+    if out.is_empty() {
+        return Err(ConfigError::new("WORKER_QUEUES", "names no queue"));
+    }
+    Ok(out)
+}
+
+/// One queue's producer.
+pub struct Producer {
+    /// The queue.
+    pub queue: Arc<str>,
+    /// The database.
+    pub pool: Pool,
+    /// This worker's id.
+    pub worker: Arc<str>,
+    /// Lease of each fetched job.
+    pub lease: Duration,
+    /// Most jobs per fetch.
+    pub batch: usize,
+    /// Poll even without a notification this often.
+    pub poll_interval: Duration,
+    /// Free job slots of this queue; the backend's layer returns each one.
+    pub slots: Arc<Semaphore>,
+    /// Where fetched jobs go.
+    pub tx: mpsc::Sender<FetchedJob>,
+    /// Notified when the queue has new jobs.
+    pub wake: Arc<Notify>,
+    /// Jobs this worker holds.
+    pub held: Arc<Held>,
+    /// This queue's metrics.
+    pub metrics: Arc<QueueMetrics>,
+}
+
+impl Producer {
+    /// Fetch until `stop`.
+    pub async fn run(self, stop: CancellationToken) {
+        let mut error_delay = Duration::from_millis(100);
+        loop {
+            // Wait for a free slot, then take every free slot up to a batch.
+            let first = tokio::select! {
+                p = self.slots.acquire() => p.expect("slots are never closed"),
+                _ = stop.cancelled() => return,
+            };
+            first.forget();
+            let extra = self.slots.available_permits().min(self.batch - 1);
+            if let Ok(p) = self.slots.try_acquire_many(extra as u32) {
+                p.forget();
+            }
+            let want = extra + 1;
+            let fetched = self.fetch(want).await;
+            let got = fetched.as_ref().map_or(0, Vec::len);
+            self.slots.add_permits(want - got);
+            match fetched {
+                Ok(jobs) => {
+                    error_delay = Duration::from_millis(100);
+                    self.metrics.fetched(got);
+                    self.held.add(jobs.iter().map(|j| (j.id, j.attempt)));
+                    for job in jobs {
+                        // Room is guaranteed: the channel holds as many jobs as there are slots.
+                        if self.tx.send(job).await.is_err() {
+                            return; // the worker has stopped; held jobs are handed back
+                        }
+                    }
+                    if got == want {
+                        continue;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(queue = %self.queue, error = %e, "fetch failed; backing off");
+                    tokio::select! {
+                        _ = tokio::time::sleep(error_delay) => {}
+                        _ = stop.cancelled() => return,
+                    }
+                    error_delay = (error_delay * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(self.poll_interval) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+
+    async fn fetch(&self, limit: usize) -> Result<Vec<FetchedJob>, engine::queue::QueueError> {
+        let conn = self.pool.get().await?;
+        fetch::fetch(&conn, &self.queue, &self.worker, self.lease, limit).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(
+        env: &[(&str, &str)],
+        queues: Option<&str>,
+        conc: Option<&str>,
+    ) -> Result<ProducerSettings, ConfigError> {
+        ProducerSettings::from_source(env, queues.map(Into::into), conc.map(Into::into))
+    }
+
+    #[test]
+    fn flags_win_over_env_and_queues_take_slot_counts() {
+        let s = settings(
+            &[("WORKER_QUEUES", "x"), ("WORKER_CONCURRENCY", "2")],
+            Some("email, uploads:4"),
+            Some("8"),
+        )
+        .unwrap();
+        assert_eq!(
+            s.queues,
+            vec![("email".to_string(), 8), ("uploads".to_string(), 4)]
+        );
+        assert_eq!(s.total_concurrency(), 12);
+        let s = settings(
+            &[("WORKER_QUEUES", "x"), ("WORKER_CONCURRENCY", "2")],
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(s.queues, vec![("x".to_string(), 2)]);
+        let s = settings(&[], None, None).unwrap();
+        assert_eq!(s.queues, vec![("default".to_string(), 16)]);
+        assert_eq!(s.lease, Duration::from_millis(DEFAULT_LEASE_MS));
+    }
+
+    #[test]
+    fn each_bad_setting_is_named() {
+        for (env, queues, conc, name) in [
+            (vec![], Some("a,a"), None, "WORKER_QUEUES"),
+            (vec![], Some("a b"), None, "WORKER_QUEUES"),
+            (vec![], Some("a:0"), None, "WORKER_QUEUES"),
+            (vec![], Some(" , "), None, "WORKER_QUEUES"),
+            (vec![], None, Some("many"), "WORKER_CONCURRENCY"),
+            (
+                vec![("WORKER_CONCURRENCY", "0")],
+                None,
+                None,
+                "WORKER_CONCURRENCY",
+            ),
+            (
+                vec![("WORKER_LEASE_MS", "10")],
+                None,
+                None,
+                "WORKER_LEASE_MS",
+            ),
+            (
+                vec![("WORKER_FETCH_BATCH", "0")],
+                None,
+                None,
+                "WORKER_FETCH_BATCH",
+            ),
+        ] {
+            let err = settings(&env, queues, conc).unwrap_err();
+            assert_eq!(err.name, name, "{err}");
+        }
+    }
+}
