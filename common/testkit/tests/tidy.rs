@@ -420,7 +420,7 @@ fn check_import_cycles(src: &str, files: &[SourceFile]) -> Vec<Violation> {
             .collect();
         for g in group_re.captures_iter(&code) {
             for item in g[2].split(',') {
-                let item = item.trim().split_whitespace().next().unwrap_or("");
+                let item = item.split_whitespace().next().unwrap_or("");
                 let item = item.split("::").next().unwrap_or("");
                 if !item.is_empty() && item != "self" {
                     paths.push(format!("{}::{item}", &g[1]));
@@ -481,7 +481,7 @@ fn check_doc_references(
     let rust_like = Regex::new(r"^(engine|domain|testkit|api|worker|ops)::[A-Za-z0-9_:]+").unwrap();
     let mut out = Vec::new();
     for c in tick.captures_iter(text) {
-        let token = c[1].trim_end_matches(|ch| ch == ',' || ch == '.' || ch == ')');
+        let token = c[1].trim_end_matches([',', '.', ')']);
         if file_like.is_match(token) {
             for p in expand_braces(token) {
                 if !exists(&p) {
