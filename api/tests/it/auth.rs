@@ -6,6 +6,7 @@ use domain::accounts::Role;
 use poem::http::StatusCode;
 use serde_json::json;
 use testkit::TestDb;
+use testkit::http::bearer;
 
 use crate::support::{PASSWORD, assert_error, client, create_user, json, login, token};
 
@@ -91,7 +92,7 @@ async fn login_issues_tokens_that_identify_the_user() {
     let access = body["access_token"].as_str().unwrap();
     let resp = cli
         .get("/api/v1/auth/me")
-        .header("authorization", format!("Bearer {access}"))
+        .header("authorization", bearer(access))
         .send()
         .await;
     resp.assert_status_is_ok();
@@ -236,7 +237,7 @@ async fn expired_tampered_foreign_and_unsigned_tokens_are_401() {
     ] {
         let resp = cli
             .get("/api/v1/auth/me")
-            .header("authorization", format!("Bearer {t}"))
+            .header("authorization", bearer(&t))
             .send()
             .await;
         assert_eq!(resp.0.status(), StatusCode::UNAUTHORIZED, "{what}");
@@ -248,7 +249,7 @@ async fn expired_tampered_foreign_and_unsigned_tokens_are_401() {
     assert_error(&json(resp).await, "UNAUTHORIZED");
     // The good one works.
     cli.get("/api/v1/auth/me")
-        .header("authorization", format!("Bearer {good}"))
+        .header("authorization", bearer(&good))
         .send()
         .await
         .assert_status_is_ok();
@@ -261,14 +262,14 @@ async fn admins_manage_api_keys_and_keys_authenticate_until_revoked() {
     let admin = token(&db, &cli, "root", Role::Admin).await;
     let operator = token(&db, &cli, "ops", Role::Operator).await;
     let user = token(&db, &cli, "joe", Role::User).await;
-    let create = |bearer: Option<String>| {
+    let create = |token: Option<String>| {
         let cli = &cli;
         async move {
             let mut req = cli
                 .post("/api/v1/admin/api-keys")
                 .body_json(&json!({"name": "ci"}));
-            if let Some(b) = bearer {
-                req = req.header("authorization", format!("Bearer {b}"));
+            if let Some(b) = token {
+                req = req.header("authorization", bearer(&b));
             }
             req.send().await
         }
@@ -292,7 +293,7 @@ async fn admins_manage_api_keys_and_keys_authenticate_until_revoked() {
 
     let listed = json(
         cli.get("/api/v1/admin/api-keys")
-            .header("authorization", format!("Bearer {admin}"))
+            .header("authorization", bearer(&admin))
             .send()
             .await,
     )
@@ -313,7 +314,7 @@ async fn admins_manage_api_keys_and_keys_authenticate_until_revoked() {
 
     let revoke = || {
         cli.delete(format!("/api/v1/admin/api-keys/{id}"))
-            .header("authorization", format!("Bearer {admin}"))
+            .header("authorization", bearer(&admin))
             .send()
     };
     revoke().await.assert_status(StatusCode::NO_CONTENT);
@@ -329,7 +330,7 @@ async fn admins_manage_api_keys_and_keys_authenticate_until_revoked() {
     // Keys are never admins.
     let resp = cli
         .post("/api/v1/admin/api-keys")
-        .header("authorization", format!("Bearer {admin}"))
+        .header("authorization", bearer(&admin))
         .body_json(&json!({"name": "x", "role": "admin"}))
         .send()
         .await;

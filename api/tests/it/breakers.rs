@@ -9,12 +9,9 @@ use engine::ratelimit::{self, Limit};
 use poem::http::StatusCode;
 use serde_json::{Value, json};
 use testkit::TestDb;
+use testkit::http::bearer;
 
 use crate::support::{assert_error, client, json, token};
-
-fn bearer(t: &str) -> String {
-    format!("Bearer {t}")
-}
 
 #[tokio::test]
 async fn breakers_list_their_state_and_rate_limit_use_to_operators_only() {

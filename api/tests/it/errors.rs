@@ -3,6 +3,7 @@
 
 use poem::http::StatusCode;
 use testkit::TestDb;
+use testkit::http::bearer;
 
 use crate::support::{Captured, assert_error, client, json};
 
@@ -55,7 +56,7 @@ async fn a_request_id_is_made_when_missing_or_unsafe() {
 
 #[tokio::test]
 async fn a_lost_database_is_a_503_logged_once_and_not_described() {
-    let port = testkit::cluster::free_port().unwrap();
+    let port = testkit::free_port().unwrap();
     let url = format!("postgres://nobody@127.0.0.1:{port}/none");
     let pool = engine::db::pool(&engine::config::DatabaseSettings::for_url(&url)).unwrap();
     let settings = api::config::Settings::for_database_url(&url);
@@ -78,7 +79,7 @@ async fn a_lost_database_is_a_503_logged_once_and_not_described() {
     let _guard = tracing::subscriber::set_default(subscriber);
     let resp = cli
         .get("/api/v1/jobs")
-        .header("authorization", format!("Bearer {token}"))
+        .header("authorization", bearer(&token))
         .header("x-request-id", "lost-db")
         .send()
         .await;

@@ -4,13 +4,10 @@ use domain::accounts::Role;
 use poem::http::StatusCode;
 use serde_json::{Value, json};
 use testkit::TestDb;
+use testkit::http::bearer;
 
 use crate::registrations::valid_form;
 use crate::support::{assert_error, client, json, token};
-
-fn bearer(t: &str) -> String {
-    format!("Bearer {t}")
-}
 
 #[tokio::test]
 async fn enqueue_checks_kind_args_and_options_and_records_the_request() {

@@ -20,7 +20,7 @@ async fn health_and_ready_answer_from_the_database() {
 
 #[tokio::test]
 async fn health_is_503_when_the_database_is_unreachable() {
-    let port = testkit::cluster::free_port().unwrap();
+    let port = testkit::free_port().unwrap();
     let pool = engine::db::pool(&engine::config::DatabaseSettings::for_url(format!(
         "postgres://nobody@127.0.0.1:{port}/none"
     )))

@@ -8,6 +8,8 @@ use poem::Endpoint;
 use poem::http::StatusCode;
 use poem::test::{TestClient, TestForm, TestFormField, TestResponse};
 use serde_json::{Value, json};
+use testkit::fixtures::form_fields as fields;
+use testkit::http::bearer;
 use testkit::{TempDir, TestDb};
 
 use crate::support::{assert_error, client_with, json, token};
@@ -19,26 +21,6 @@ const ELF: &[u8] = b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0";
 
 /// Settings that keep the rate limit out of the way of the concurrency tests.
 const ROOMY: &[(&str, &str)] = &[("RATE_LIMIT_REQUESTS", "100000")];
-
-fn fields(team: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("team_name", team.to_owned()),
-        ("church_name", "St Mark's Church".into()),
-        ("captain_name", "Cap Tain".into()),
-        ("coach_name", "Co Ach".into()),
-        ("captain_phone", "9876543210".into()),
-        ("captain_whatsapp", "9876543211".into()),
-        ("captain_email", "captain@example.com".into()),
-        (
-            "players",
-            json!([
-                {"name": "Ann Bowler", "role": "bowler", "phone": "9000000001"},
-                {"name": "Ben Batter", "role": "batter", "phone": "9000000002"}
-            ])
-            .to_string(),
-        ),
-    ]
-}
 
 fn form_of(fields: &[(&'static str, String)], logo: Option<(&[u8], &str, &str)>) -> TestForm {
     let mut form = TestForm::new();
@@ -537,7 +519,7 @@ async fn admins_read_a_team_with_its_players_logo_and_jobs() {
     let body = json(post(&cli, valid_form("Harbour Lions"), None).await).await;
     let get = |id: &'static str| {
         cli.get(format!("/api/v1/registrations/{id}"))
-            .header("Authorization", format!("Bearer {admin}"))
+            .header("Authorization", bearer(&admin))
             .send()
     };
     let resp = get("ICCT-001").await;
@@ -584,9 +566,7 @@ async fn admins_page_through_teams_newest_first() {
         if let Some(c) = cursor {
             url.push_str(&format!("&cursor={c}"));
         }
-        cli.get(url)
-            .header("Authorization", format!("Bearer {admin}"))
-            .send()
+        cli.get(url).header("Authorization", bearer(&admin)).send()
     };
     let first = json(page(None).await).await;
     let ids: Vec<&str> = first["teams"]
@@ -632,7 +612,7 @@ async fn only_admins_read_registrations() {
         ] {
             let resp = cli
                 .get(path)
-                .header("Authorization", format!("Bearer {tok}"))
+                .header("Authorization", bearer(tok))
                 .send()
                 .await;
             resp.assert_status(status);

@@ -44,8 +44,7 @@ pub fn client_with(db: &TestDb, extra: &[(&str, &str)]) -> TestClient<BoxEndpoin
     TestClient::new(api::app(db.pool.clone(), &settings(db, extra)).boxed())
 }
 
-/// A password that passes the policy.
-pub const PASSWORD: &str = "correct horse battery staple";
+pub use testkit::fixtures::PASSWORD;
 
 /// Create a user with `role` directly in the database (registration only makes `user`s).
 pub async fn create_user(db: &TestDb, username: &str, role: Role) {

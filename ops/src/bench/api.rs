@@ -24,9 +24,7 @@ pub async fn run(url: &str, api_bin: &Path, jobs: usize) -> anyhow::Result<serde
     let conn = pool.get().await?;
     conn.batch_execute("TRUNCATE jobs").await?;
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = testkit::free_port()?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     // The admin the bench logs in as, created by the API at start-up; new on every run, since
     // the API never changes the password of an admin that exists.

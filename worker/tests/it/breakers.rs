@@ -1,94 +1,61 @@
 //! Circuit breakers and rate limits of external services through real `worker` processes:
-//! `noop` jobs call a tiny HTTP server run by the test, which counts and times the calls and
-//! can be told to fail.
+//! `noop` jobs call a fake service (`testkit::fake`), which counts and times the calls and can
+//! be told to fail.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use engine::queue::{JobOptions, JobState, NewJob, control, enqueue_many};
 use serde_json::json;
+use testkit::fake::{FakeServer, Reply};
+use testkit::http::Client;
+use testkit::process::Process;
 use testkit::{TestDb, wait_for};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
-use crate::harness::{Process, fast_env, wait_count, with_env};
-
-/// One call the server received.
-#[derive(Debug, Clone)]
-struct Received {
-    path: String,
-    at: Instant,
-    ok: bool,
-}
+use crate::harness::{fast_env, wait_count, with_env, worker};
 
 /// A stand-in for an external service: answers 200, or 500 while failing.
 struct FakeService {
-    addr: std::net::SocketAddr,
+    server: FakeServer,
     failing: Arc<AtomicBool>,
-    calls: Arc<Mutex<Vec<Received>>>,
 }
 
 impl FakeService {
     async fn start(failing: bool) -> FakeService {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let failing = Arc::new(AtomicBool::new(failing));
-        let calls = Arc::new(Mutex::new(Vec::new()));
-        let (f, c) = (failing.clone(), calls.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut sock, _)) = listener.accept().await else {
-                    return;
-                };
-                let (f, c) = (f.clone(), c.clone());
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 1024];
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match sock.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    let head = String::from_utf8_lossy(&buf);
-                    let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
-                    let ok = !f.load(Ordering::SeqCst);
-                    c.lock().unwrap().push(Received {
-                        path,
-                        at: Instant::now(),
-                        ok,
-                    });
-                    let status = if ok {
-                        "200 OK"
-                    } else {
-                        "500 Internal Server Error"
-                    };
-                    let _ = sock
-                        .write_all(
-                            format!(
-                                "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                            )
-                            .as_bytes(),
-                        )
-                        .await;
-                });
-            }
-        });
-        FakeService {
-            addr,
-            failing,
-            calls,
-        }
+        let f = failing.clone();
+        let server = FakeServer::start(move |_| {
+            Reply::status(if f.load(Ordering::SeqCst) { 500 } else { 200 })
+        })
+        .await;
+        FakeService { server, failing }
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        self.server.url(path)
     }
 
-    fn calls(&self) -> Vec<Received> {
-        self.calls.lock().unwrap().clone()
+    /// The calls received, each with whether it was answered 200.
+    fn calls(&self) -> Vec<Call> {
+        self.server
+            .received()
+            .into_iter()
+            .map(|r| Call {
+                ok: r.status == Some(200),
+                path: r.path,
+                at: r.at,
+            })
+            .collect()
     }
+}
+
+/// One call the server received.
+#[derive(Debug, Clone)]
+struct Call {
+    path: String,
+    at: Instant,
+    ok: bool,
 }
 
 /// Enqueue `n` noop jobs calling `/job/<i>` of `server` as `service`; returns their ids.
@@ -122,9 +89,9 @@ async fn enqueue_calls(
 
 /// Two `worker` processes on `env`, each serving metrics on a port of its own (returned).
 async fn start_two(db: &TestDb, env: &[(&'static str, String)]) -> ([Process; 2], [u16; 2]) {
-    let ports = [free_port(), free_port()];
+    let ports = [(); 2].map(|_| testkit::free_port().expect("a free port"));
     let procs = ports.map(|port| {
-        Process::start(
+        worker(
             &with_env(env.to_vec(), "METRICS_PORT", port.to_string()),
             &[],
         )
@@ -139,28 +106,14 @@ async fn start_two(db: &TestDb, env: &[(&'static str, String)]) -> ([Process; 2]
     (procs, ports)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The sum over `ports` of the samples of `metric` whose labels include all of `labels`
 /// (`name="value"` each).
 async fn metric_sum(ports: &[u16], metric: &str, labels: &[&str]) -> f64 {
     let mut sum = 0.0;
     for port in ports {
-        let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", *port)).await else {
+        let Some(body) = Client::local(*port).try_text("/metrics").await else {
             continue;
         };
-        let req = "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
-        if s.write_all(req.as_bytes()).await.is_err() {
-            continue;
-        }
-        let mut body = String::new();
-        let _ = s.read_to_string(&mut body).await;
         for line in body.lines() {
             let Some(rest) = line.strip_prefix(metric) else {
                 continue;

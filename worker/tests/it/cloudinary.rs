@@ -1,5 +1,5 @@
-//! `upload_logo` against a stand-in for Cloudinary's Upload API: a small HTTP/1.1 server on
-//! loopback that checks each upload as Cloudinary would (the signature with the test's
+//! `upload_logo` against a stand-in for Cloudinary's Upload API: a fake server on loopback
+//! (`testkit::fake`) that checks each upload as Cloudinary would (the signature with the test's
 //! secret, the multipart fields, the file's bytes), answers as Cloudinary does, and can be
 //! told to fail (a status, a 429 with Retry-After, a hang).
 
@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 use domain::registrations as reg;
 use engine::queue::JobState;
 use sha1::{Digest, Sha1};
+use testkit::fake::{FakeServer, Received, Reply};
+use testkit::fixtures::{LOGO_PNG, TEAM_NAME, insert_team};
 use testkit::{TempDir, TestDb};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
 use crate::harness::{InProcess, fast_env, wait_final, with_env};
-use crate::registrations::{PNG, job, register};
+use crate::registrations::job;
 
 pub const API_KEY: &str = "123456789";
 pub const SECRET: &str = "s3cr3t-test";
@@ -62,40 +62,37 @@ struct State {
     script: VecDeque<Answer>,
     /// While set, every request gets this answer (the script waits).
     failing: Option<Answer>,
-    requests: Vec<Request>,
     stored: Vec<Stored>,
 }
 
 /// The stand-in for Cloudinary.
 pub struct FakeCloudinary {
-    pub addr: std::net::SocketAddr,
+    server: FakeServer,
     state: Arc<Mutex<State>>,
 }
 
 impl FakeCloudinary {
     /// A server that answers `script` in order, then uploads normally.
     pub async fn start(script: impl IntoIterator<Item = Answer>) -> FakeCloudinary {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State {
             script: script.into_iter().collect(),
             ..State::default()
         }));
         let s = state.clone();
-        tokio::spawn(async move {
-            while let Ok((sock, _)) = listener.accept().await {
-                tokio::spawn(serve(sock, s.clone()));
-            }
-        });
-        FakeCloudinary { addr, state }
-    }
-
-    pub fn api_base(&self) -> String {
-        format!("http://{}", self.addr)
+        let server = FakeServer::start(move |request| answer(request, &s)).await;
+        FakeCloudinary { server, state }
     }
 
     pub fn requests(&self) -> Vec<Request> {
-        self.state.lock().unwrap().requests.clone()
+        self.server
+            .received()
+            .into_iter()
+            .map(|r| Request {
+                at: r.at,
+                status: r.status,
+                refusal: r.note,
+            })
+            .collect()
     }
 
     pub fn stored(&self) -> Vec<Stored> {
@@ -114,45 +111,29 @@ impl FakeCloudinary {
             "CLOUDINARY_URL",
             format!("cloudinary://{API_KEY}:{SECRET}@{CLOUD}"),
         );
-        let env = with_env(env, "CLOUDINARY_API_BASE", self.api_base());
+        let env = with_env(env, "CLOUDINARY_API_BASE", self.server.base_url());
         let env = with_env(env, "CLOUDINARY_FOLDER", FOLDER);
         let env = with_env(env, "CLOUDINARY_REQUEST_TIMEOUT_MS", "1000");
         with_env(env, "CLOUDINARY_CALL_RETRY_MS", "20")
     }
 }
 
-async fn serve(mut sock: TcpStream, state: Arc<Mutex<State>>) {
-    let Some((head, body)) = read_request(&mut sock).await else {
-        return;
-    };
+/// The answer to `request`: the scripted one, or the upload checked and stored.
+fn answer(request: &Received, state: &Mutex<State>) -> Reply {
     let answer = {
         let mut s = state.lock().unwrap();
         s.failing
             .or_else(|| s.script.pop_front())
             .unwrap_or(Answer::Upload)
     };
-    let at = Instant::now();
-    let record = |status: Option<u16>, refusal: Option<String>| {
-        state.lock().unwrap().requests.push(Request {
-            at,
-            status,
-            refusal,
-        })
-    };
-    let (status, extra, json) = match answer {
-        Answer::Hang => {
-            record(None, None);
-            // Hold the connection open, silent, until the test ends.
-            tokio::time::sleep(Duration::from_secs(3600)).await;
-            return;
+    match answer {
+        Answer::Hang => Reply::hang(),
+        Answer::Status(code) => Reply::json(code, &error_body("Told to fail")),
+        Answer::TooMany { retry_after_secs } => {
+            Reply::json(429, &error_body("Rate Limit Exceeded"))
+                .header("Retry-After", retry_after_secs.to_string())
         }
-        Answer::Status(code) => (code, String::new(), error_body("Told to fail")),
-        Answer::TooMany { retry_after_secs } => (
-            429,
-            format!("Retry-After: {retry_after_secs}\r\n"),
-            error_body("Rate Limit Exceeded"),
-        ),
-        Answer::Upload => match check_upload(&head, &body) {
+        Answer::Upload => match check_upload(request) {
             Ok(mut stored) => {
                 stored.secure_url = format!(
                     "https://res.cloudinary.example/{CLOUD}/image/upload/v1/{}/{}.png",
@@ -163,140 +144,42 @@ async fn serve(mut sock: TcpStream, state: Arc<Mutex<State>>) {
                     "secure_url": stored.secure_url,
                     "format": "png",
                     "bytes": stored.bytes.len(),
-                })
-                .to_string();
+                });
                 state.lock().unwrap().stored.push(stored);
-                (200, String::new(), json)
+                Reply::json(200, &json)
             }
-            Err((code, why)) => {
-                record(Some(code), Some(why.clone()));
-                respond(&mut sock, code, "", &error_body(&why)).await;
-                return;
-            }
+            Err((code, why)) => Reply::json(code, &error_body(&why)).note(why),
         },
-    };
-    record(Some(status), None);
-    respond(&mut sock, status, &extra, &json).await;
-}
-
-fn error_body(message: &str) -> String {
-    serde_json::json!({ "error": { "message": message } }).to_string()
-}
-
-async fn respond(sock: &mut TcpStream, status: u16, extra_headers: &str, body: &str) {
-    let text = format!(
-        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-         {extra_headers}Connection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = sock.write_all(text.as_bytes()).await;
-}
-
-/// The request's head (lower-cased header names) and its body, read by Content-Length.
-async fn read_request(sock: &mut TcpStream) -> Option<(String, Vec<u8>)> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let head_end = loop {
-        if let Some(i) = find(&buf, b"\r\n\r\n") {
-            break i;
-        }
-        match sock.read(&mut chunk).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let length: usize = header(&head, "content-length")?.parse().ok()?;
-    let mut body = buf[head_end + 4..].to_vec();
-    while body.len() < length {
-        match sock.read(&mut chunk).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => body.extend_from_slice(&chunk[..n]),
-        }
     }
-    Some((head, body))
 }
 
-fn header(head: &str, name: &str) -> Option<String> {
-    head.lines().skip(1).find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim()
-            .eq_ignore_ascii_case(name)
-            .then(|| v.trim().to_owned())
-    })
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// One part of a multipart/form-data body.
-struct FormPart {
-    name: String,
-    file_name: Option<String>,
-    content_type: Option<String>,
-    content: Vec<u8>,
-}
-
-fn parse_multipart(body: &[u8], boundary: &str) -> Option<Vec<FormPart>> {
-    let delimiter = format!("\r\n--{boundary}").into_bytes();
-    // The first delimiter has no CRLF before it.
-    let mut rest = body.strip_prefix(&delimiter[2..])?;
-    let mut parts = Vec::new();
-    loop {
-        if rest.starts_with(b"--") {
-            return Some(parts);
-        }
-        rest = rest.strip_prefix(b"\r\n")?;
-        let end = find(rest, &delimiter)?;
-        let part = &rest[..end];
-        rest = &rest[end + delimiter.len()..];
-        let split = find(part, b"\r\n\r\n")?;
-        let headers = String::from_utf8_lossy(&part[..split]).into_owned();
-        let disposition = headers.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-disposition").then_some(v)
-        })?;
-        let param = |key: &str| {
-            disposition.split(';').find_map(|p| {
-                let (k, v) = p.trim().split_once('=')?;
-                (k == key).then(|| v.trim_matches('"').to_owned())
-            })
-        };
-        parts.push(FormPart {
-            name: param("name")?,
-            file_name: param("filename"),
-            content_type: headers.lines().find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("content-type")
-                    .then(|| v.trim().to_owned())
-            }),
-            content: part[split + 4..].to_vec(),
-        });
-    }
+fn error_body(message: &str) -> serde_json::Value {
+    serde_json::json!({ "error": { "message": message } })
 }
 
 /// Check an upload as Cloudinary does; the asset to store, or the status and reason.
-fn check_upload(head: &str, body: &[u8]) -> Result<Stored, (u16, String)> {
+fn check_upload(request: &Received) -> Result<Stored, (u16, String)> {
     let bad = |why: &str| (400, why.to_owned());
-    let request_line = head.lines().next().unwrap_or("");
-    if request_line != format!("POST /v1_1/{CLOUD}/image/upload HTTP/1.1") {
-        return Err((404, format!("unexpected request {request_line:?}")));
+    let route = format!("/v1_1/{CLOUD}/image/upload");
+    if request.method != "POST" || request.path != route {
+        return Err((
+            404,
+            format!("unexpected request {} {}", request.method, request.path),
+        ));
     }
-    let content_type = header(head, "content-type").ok_or_else(|| bad("no content type"))?;
-    let boundary = content_type
-        .strip_prefix("multipart/form-data; boundary=")
-        .ok_or_else(|| bad("not multipart/form-data"))?;
-    let parts = parse_multipart(body, boundary).ok_or_else(|| bad("malformed multipart body"))?;
-    let field = |name: &str| {
-        parts
-            .iter()
-            .find(|p| p.name == name && p.file_name.is_none())
-            .map(|p| String::from_utf8_lossy(&p.content).into_owned())
-    };
-    let file = parts
-        .iter()
-        .find(|p| p.name == "file")
+    let content_type = request
+        .header("content-type")
+        .ok_or_else(|| bad("no content type"))?;
+    if !content_type.starts_with("multipart/form-data; boundary=") {
+        return Err(bad("not multipart/form-data"));
+    }
+    let parts = request
+        .form
+        .as_ref()
+        .ok_or_else(|| bad("malformed multipart body"))?;
+    let field = |name: &str| request.field(name);
+    let file = request
+        .part("file")
         .ok_or_else(|| bad("Missing required parameter - file"))?;
     if field("api_key").as_deref() != Some(API_KEY) {
         return Err((401, "Unknown API key".into()));
@@ -378,7 +261,7 @@ async fn upload(
     env_over: &[(&'static str, &str)],
 ) -> (String, engine::queue::JobRow) {
     let uploads = TempDir::new("uploads");
-    let team_id = register(db).await;
+    let team_id = insert_team(db, TEAM_NAME).await;
     let mut e = env(db, &uploads, cloudinary);
     for (k, v) in env_over {
         e = with_env(e, k, *v);
@@ -416,7 +299,10 @@ async fn the_logo_is_uploaded_signed_and_its_secure_url_stored() {
     let stored = cloudinary.stored();
     assert_eq!(stored.len(), 1, "{:?}", cloudinary.requests());
     let s = &stored[0];
-    assert_eq!(s.bytes, PNG, "the server received the registered bytes");
+    assert_eq!(
+        s.bytes, LOGO_PNG,
+        "the server received the registered bytes"
+    );
     assert_eq!(s.public_id, "icct-001", "the public id follows the team id");
     assert_eq!(s.folder.as_deref(), Some(FOLDER));
     assert_eq!(s.file_name.as_deref(), Some("icct-001.png"));

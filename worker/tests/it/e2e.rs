@@ -8,89 +8,44 @@ use std::time::Duration;
 
 use engine::queue::JobState;
 use serde_json::{Value, json};
+use testkit::fixtures::{LOGO_PNG as PNG, admin_env, registration_form};
 use testkit::{TempDir, TestDb};
 
 use crate::cloudinary::FakeCloudinary;
-use crate::harness::{Api, Process, fast_env, wait_final, with_env};
+use crate::harness::{api, fast_env, wait_final, with_env, worker};
 use crate::registrations::{header_line, the_one_eml};
 use crate::smtp::FakeSmtp;
 
-/// A real 1×1 RGBA PNG (signature, IHDR, IDAT, IEND with their CRCs).
-const PNG: &[u8] = &[
-    0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44, 0x52,
-    0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1f, 0x15, 0xc4,
-    0x89, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x44, 0x41, 0x54, 0x78, 0xda, 0x63, 0x90, 0xcf, 0xdf, 0xf2,
-    0x1f, 0x00, 0x04, 0x35, 0x02, 0x42, 0xa2, 0x12, 0x85, 0xcb, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45,
-    0x4e, 0x44, 0xae, 0x42, 0x60, 0x82,
-];
-const PASSWORD: &str = "correct horse battery staple";
-pub(crate) const BOUNDARY: &str = "quayside-e2e-boundary";
 const WAIT: Duration = Duration::from_secs(30);
-
-/// The registration form as multipart/form-data.
-pub(crate) fn form() -> Vec<u8> {
-    let players = json!([
-        {"name": "Ann Bowler", "role": "bowler", "phone": "9000000001"},
-        {"name": "Ben Batter", "role": "batter", "phone": "9000000002"}
-    ])
-    .to_string();
-    let mut body = Vec::new();
-    for (name, value) in [
-        ("team_name", "Harbour Lions"),
-        ("church_name", "St Mark's Church"),
-        ("captain_name", "Cap Tain"),
-        ("coach_name", "Co Ach"),
-        ("captain_phone", "9876543210"),
-        ("captain_whatsapp", "9876543211"),
-        ("captain_email", "captain@example.com"),
-        ("players", players.as_str()),
-    ] {
-        body.extend_from_slice(
-            format!(
-                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
-            )
-            .as_bytes(),
-        );
-    }
-    body.extend_from_slice(
-        format!(
-            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"logo\"; \
-             filename=\"lions.png\"\r\nContent-Type: image/png\r\n\r\n"
-        )
-        .as_bytes(),
-    );
-    body.extend_from_slice(PNG);
-    body.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
-    body
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_registration_goes_from_the_form_to_the_stored_logo_and_the_mail() {
     let db = TestDb::new().await;
     let (uploads, outbox) = (TempDir::new("e2e-uploads"), TempDir::new("e2e-outbox"));
     let (uploads_dir, outbox_dir) = (uploads.0.to_str().unwrap(), outbox.0.to_str().unwrap());
-    let api = Api::start(&[
+    let [admin_name, admin_password] = admin_env();
+    let api = api(&[
         ("DATABASE_URL", &db.url),
         ("UPLOADS_DIR", uploads_dir),
-        ("ADMIN_USERNAME", "root"),
-        ("ADMIN_PASSWORD", PASSWORD),
+        admin_name,
+        admin_password,
     ])
     .await;
-    let base = format!("http://127.0.0.1:{}", api.port);
+    let base = api.base_url();
     let env = with_env(fast_env(&db.url), "UPLOADS_DIR", uploads_dir);
     let env = with_env(env, "MAIL_OUTBOX_DIR", outbox_dir);
     let env = with_env(env, "PUBLIC_BASE_URL", base.as_str());
-    let worker = Process::start(&env, &["--queues", "uploads,email"]);
+    let worker = worker(&env, &["--queues", "uploads,email"]);
 
-    let content_type = format!("multipart/form-data; boundary={BOUNDARY}");
-    let headers = [
-        ("Content-Type", content_type.as_str()),
-        ("Idempotency-Key", "e2e-registration-1"),
-        ("X-Request-Id", "e2e-request-1"),
-    ];
-    let first = api
-        .request("POST", "/api/v1/registrations", &headers, &form())
-        .unwrap();
+    let client = api.client();
+    let post = || {
+        client
+            .register(registration_form())
+            .header("Idempotency-Key", "e2e-registration-1")
+            .header("X-Request-Id", "e2e-request-1")
+            .send()
+    };
+    let first = post().await;
     assert_eq!(first.status, 201, "{first:?}");
     let body = first.json();
     assert_eq!(body["success"], true, "{body}");
@@ -119,15 +74,12 @@ async fn a_registration_goes_from_the_form_to_the_stored_logo_and_the_mail() {
     assert_eq!(std::fs::read(uploads.0.join("icct-001.png")).unwrap(), PNG);
     let left: i64 = db.scalar("SELECT count(*) FROM team_logos").await;
     assert_eq!(left, 0, "the bytes are dropped once stored");
-    let bearer = admin_bearer(&api);
     let team = api
-        .request(
-            "GET",
-            "/api/v1/registrations/ICCT-001",
-            &[("Authorization", bearer.as_str())],
-            b"",
-        )
-        .unwrap();
+        .admin()
+        .await
+        .get("/api/v1/registrations/ICCT-001")
+        .send()
+        .await;
     assert_eq!(team.status, 200, "{team:?}");
     let detail = team.json();
     assert_eq!(detail["team"]["logo_pending"], false, "{detail}");
@@ -143,7 +95,7 @@ async fn a_registration_goes_from_the_form_to_the_stored_logo_and_the_mail() {
         .unwrap_or_else(|| panic!("no logo_url: {detail}"))
         .to_owned();
     assert_eq!(logo_url, "/files/icct-001.png");
-    let served = api.request("GET", &logo_url, &[], b"").unwrap();
+    let served = client.get(&logo_url).send().await;
     assert_eq!(served.status, 200);
     assert_eq!(served.header("content-type"), Some("image/png"));
     assert_eq!(served.body, PNG, "the API serves the posted bytes");
@@ -169,9 +121,7 @@ async fn a_registration_goes_from_the_form_to_the_stored_logo_and_the_mail() {
 
     // The same request under the same key: the first answer again, marked as a replay, and
     // nothing new written.
-    let again = api
-        .request("POST", "/api/v1/registrations", &headers, &form())
-        .unwrap();
+    let again = post().await;
     assert_eq!(again.status, 201, "{again:?}");
     assert_eq!(again.header("idempotent-replayed"), Some("true"));
     assert_eq!(again.json(), body);
@@ -192,28 +142,16 @@ async fn a_registration_through_the_api_reaches_the_fake_cloudinary_and_smtp_ser
     let outbox = TempDir::new("e2e-real-outbox");
     let cloudinary = FakeCloudinary::start([]).await;
     let smtp = FakeSmtp::start().await;
-    let api = Api::start(&[
-        ("DATABASE_URL", &db.url),
-        ("ADMIN_USERNAME", "root"),
-        ("ADMIN_PASSWORD", PASSWORD),
-    ])
-    .await;
-    let base = format!("http://127.0.0.1:{}", api.port);
+    let [admin_name, admin_password] = admin_env();
+    let api = api(&[("DATABASE_URL", &db.url), admin_name, admin_password]).await;
+    let base = api.base_url();
     let env = cloudinary.env(smtp.env(fast_env(&db.url)));
     // Set so that a fall-back to the outbox would show (it must stay empty).
     let env = with_env(env, "MAIL_OUTBOX_DIR", outbox.0.to_str().unwrap());
     let env = with_env(env, "PUBLIC_BASE_URL", base.as_str());
-    let worker = Process::start(&env, &["--queues", "uploads,email"]);
+    let worker = worker(&env, &["--queues", "uploads,email"]);
 
-    let content_type = format!("multipart/form-data; boundary={BOUNDARY}");
-    let posted = api
-        .request(
-            "POST",
-            "/api/v1/registrations",
-            &[("Content-Type", content_type.as_str())],
-            &form(),
-        )
-        .unwrap();
+    let posted = api.client().register(registration_form()).send().await;
     assert_eq!(posted.status, 201, "{posted:?}");
     let body = posted.json();
     let team_id = body["team_id"].as_str().expect("a team id").to_owned();
@@ -259,15 +197,12 @@ async fn a_registration_through_the_api_reaches_the_fake_cloudinary_and_smtp_ser
     assert_eq!(stored[0].public_id, team_id.to_lowercase());
 
     // The team's logo URL, as the admin sees it, is the fake's secure_url; the bytes are gone.
-    let bearer = admin_bearer(&api);
     let team = api
-        .request(
-            "GET",
-            &format!("/api/v1/registrations/{team_id}"),
-            &[("Authorization", bearer.as_str())],
-            b"",
-        )
-        .unwrap();
+        .admin()
+        .await
+        .get(&format!("/api/v1/registrations/{team_id}"))
+        .send()
+        .await;
     assert_eq!(team.status, 200, "{team:?}");
     let detail = team.json();
     assert_eq!(
@@ -286,36 +221,12 @@ async fn a_registration_through_the_api_reaches_the_fake_cloudinary_and_smtp_ser
     assert_eq!(m.to, ["captain@example.com"], "{m:?}");
     let subject = m.header("Subject").expect("a subject");
     assert!(subject.contains(&team_id), "{subject}");
-    let text = m
-        .data
-        .find("Content-Type: text/plain")
-        .expect("a text part");
-    let html = m
-        .data
-        .find("Content-Type: text/html")
-        .expect("an HTML part");
-    assert!(text < html, "text first, then HTML: {}", m.data);
-    assert!(m.data[text..html].contains(&team_id), "{}", m.data);
-    assert!(m.data[html..].contains(&team_id), "{}", m.data);
+    let (text, html) = m.text_and_html();
+    assert!(text.contains(&team_id), "{}", m.data);
+    assert!(html.contains(&team_id), "{}", m.data);
     let outboxed = std::fs::read_dir(&outbox.0).map_or(0, |d| d.count());
     assert_eq!(outboxed, 0, "nothing fell back to the outbox");
 
     worker.signal("-TERM");
     assert_eq!(worker.wait(Duration::from_secs(15)).await, Some(0));
-}
-
-/// An `Authorization` value for the admin the API created at start-up.
-fn admin_bearer(api: &Api) -> String {
-    let login = api
-        .request(
-            "POST",
-            "/api/v1/auth/login",
-            &[("Content-Type", "application/json")],
-            json!({"username": "root", "password": PASSWORD})
-                .to_string()
-                .as_bytes(),
-        )
-        .unwrap();
-    assert_eq!(login.status, 200, "{login:?}");
-    format!("Bearer {}", login.json()["access_token"].as_str().unwrap())
 }

@@ -10,7 +10,9 @@ use engine::queue::{JobOptions, JobState, NewJob, control, fetch};
 use serde_json::json;
 use testkit::{TestDb, wait_for};
 
-use crate::harness::{Process, enqueue_noop, fast_env, wait_count, with_env};
+use testkit::process::Process;
+
+use crate::harness::{enqueue_noop, fast_env, wait_count, with_env, worker};
 
 #[tokio::test]
 async fn each_maintenance_pass_runs_once_per_interval_across_three_workers() {
@@ -18,7 +20,7 @@ async fn each_maintenance_pass_runs_once_per_interval_across_three_workers() {
     let env = with_env(fast_env(&db.url), "WORKER_PRUNE_INTERVAL_MS", "500");
     // Every pass that can ever be counted happens after this instant.
     let start = Instant::now();
-    let procs: Vec<Process> = (0..3).map(|_| Process::start(&env, &[])).collect();
+    let procs: Vec<Process> = (0..3).map(|_| worker(&env, &[])).collect();
     wait_count(
         &db,
         "SELECT count(*) FROM workers",
@@ -63,7 +65,7 @@ async fn a_periodic_job_is_enqueued_once_per_tick_by_three_workers() {
         "PERIODIC_JOBS",
         r#"[{"name":"tick","cron":"* * * * * *","kind":"noop","args":{}}]"#,
     );
-    let procs: Vec<Process> = (0..3).map(|_| Process::start(&env, &[])).collect();
+    let procs: Vec<Process> = (0..3).map(|_| worker(&env, &[])).collect();
     wait_count(
         &db,
         "SELECT count(*) FROM workers",
@@ -314,33 +316,7 @@ async fn a_worker_drops_the_logo_bytes_of_an_abandoned_upload_and_keeps_a_pendin
     let c = db.conn().await;
     let mut ids = Vec::new();
     for name in ["Given Up", "Waiting"] {
-        let team_id = domain::registrations::insert_team(
-            &c,
-            "ICCT",
-            &domain::registrations::NewTeam {
-                team_name: name,
-                church_name: "St Mark's",
-                captain_name: "Cap Tain",
-                coach_name: "Co Ach",
-                captain_phone: "9876543210",
-                captain_whatsapp: "9876543211",
-                captain_email: "cap@example.com",
-                players: &[domain::registrations::Player {
-                    name: "Ann".into(),
-                    role: "bowler".into(),
-                    phone: "9876543210".into(),
-                }],
-                logo: domain::registrations::NewLogo {
-                    content_type: "image/png",
-                    bytes: b"\x89PNG\r\n\x1a\n",
-                    sha256: &[0; 32],
-                },
-                request_id: None,
-            },
-        )
-        .await
-        .unwrap()
-        .team_id;
+        let team_id = testkit::fixtures::insert_team(&db, name).await;
         let job = NewJob::from_json(
             &domain::jobs::upload_logo::SPEC,
             json!({ "team_id": team_id }),

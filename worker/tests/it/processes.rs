@@ -9,8 +9,11 @@ use engine::queue::{JobOptions, JobState, control};
 use serde_json::json;
 use testkit::{PrivateCluster, TestDb, wait_for};
 
+use testkit::http::Client;
+use testkit::process::Process;
+
 use crate::harness::{
-    InProcess, Process, enqueue_noop, enqueue_noops, fast_env, wait_count, wait_final, with_env,
+    InProcess, enqueue_noop, enqueue_noops, fast_env, wait_count, wait_final, with_env, worker,
 };
 
 /// The worker id running job `id`, once it runs.
@@ -32,7 +35,7 @@ async fn four_processes_run_every_job_exactly_once() {
     // A long lease: this test is about fetch races, not about rescues under a loaded CI box.
     let env = with_env(fast_env(&db.url), "WORKER_CONCURRENCY", "50");
     let env = with_env(env, "WORKER_LEASE_MS", "30000");
-    let procs: Vec<Process> = (0..4).map(|_| Process::start(&env, &[])).collect();
+    let procs: Vec<Process> = (0..4).map(|_| worker(&env, &[])).collect();
     wait_count(
         &db,
         "SELECT count(*) FROM workers",
@@ -86,7 +89,7 @@ async fn four_processes_run_every_job_exactly_once() {
 async fn a_killed_workers_job_is_rescued_and_run_by_another() {
     let db = TestDb::new().await;
     let env = fast_env(&db.url); // 2 s lease, rescue every 300 ms
-    let first = Process::start(&env, &[]);
+    let first = worker(&env, &[]);
     let id = enqueue_noop(&db, json!({"sleep_ms": 1500}), JobOptions::default()).await;
     let killed = running_under(&db, id, Duration::from_secs(20)).await;
     first.signal("-KILL");
@@ -98,7 +101,7 @@ async fn a_killed_workers_job_is_rescued_and_run_by_another() {
         "the job was cut off mid-run"
     );
 
-    let _second = Process::start(&env, &[]);
+    let _second = worker(&env, &[]);
     let job = wait_final(&db, id, Duration::from_secs(20)).await;
     assert_eq!((job.state, job.attempt), (JobState::Completed, 2));
     assert_eq!(job.errors.len(), 1, "{:?}", job.errors);
@@ -118,7 +121,7 @@ async fn a_killed_workers_job_is_rescued_and_run_by_another() {
 #[tokio::test]
 async fn sigterm_lets_jobs_in_flight_finish_and_leaves_the_rest_available() {
     let db = TestDb::new().await;
-    let p = Process::start(&fast_env(&db.url), &["--concurrency", "4"]);
+    let p = worker(&fast_env(&db.url), &["--concurrency", "4"]);
     let ids = enqueue_noops(&db, "default", 8, json!({"sleep_ms": 1000})).await;
     wait_count(
         &db,
@@ -151,7 +154,7 @@ async fn sigterm_lets_jobs_in_flight_finish_and_leaves_the_rest_available() {
 async fn sigterm_hands_back_jobs_that_outlive_the_shutdown_timeout() {
     let db = TestDb::new().await;
     let env = with_env(fast_env(&db.url), "WORKER_SHUTDOWN_TIMEOUT_MS", "500");
-    let p = Process::start(&env, &["--concurrency", "2"]);
+    let p = worker(&env, &["--concurrency", "2"]);
     let ids = enqueue_noops(&db, "default", 2, json!({"sleep_ms": 10_000})).await;
     wait_count(
         &db,
@@ -185,7 +188,7 @@ async fn a_database_restart_under_a_running_worker_loses_nothing() {
         name: "quayside".into(),
         url,
     };
-    let p = Process::start(&fast_env(&db.url), &["--concurrency", "4"]);
+    let p = worker(&fast_env(&db.url), &["--concurrency", "4"]);
     // About 2.5 s of work, so jobs are in flight when the server goes down.
     enqueue_noops(&db, "default", 200, json!({"sleep_ms": 50})).await;
     wait_for("some progress", Duration::from_secs(20), || async {
@@ -300,7 +303,7 @@ async fn a_paused_queue_keeps_its_jobs_until_resumed() {
 async fn kind_timeouts_ms_overrides_the_kinds_timeout() {
     let db = TestDb::new().await;
     let env = with_env(fast_env(&db.url), "KIND_TIMEOUTS_MS", "noop=300");
-    let _p = Process::start(&env, &[]);
+    let _p = worker(&env, &[]);
     let once = JobOptions {
         max_attempts: Some(1),
         ..Default::default()
@@ -353,12 +356,10 @@ async fn polling_only_mode_runs_jobs_without_listen() {
 
 #[tokio::test]
 async fn the_metrics_endpoint_counts_outcomes_by_queue_and_kind() {
-    use std::io::{Read, Write};
-
     let db = TestDb::new().await;
-    let port = testkit::cluster::free_port().unwrap();
+    let port = testkit::free_port().unwrap();
     let env = with_env(fast_env(&db.url), "METRICS_PORT", port.to_string());
-    let worker = Process::start(&env, &["--queues", "default", "--concurrency", "4"]);
+    let worker = worker(&env, &["--queues", "default", "--concurrency", "4"]);
     enqueue_noops(&db, "default", 3, json!({})).await;
     enqueue_noop(&db, json!({"permanent": true}), JobOptions::default()).await;
     wait_count(
@@ -372,11 +373,7 @@ async fn the_metrics_endpoint_counts_outcomes_by_queue_and_kind() {
         "metrics to show the outcomes",
         Duration::from_secs(10),
         || async {
-            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-                .ok()?;
-            let mut body = String::new();
-            s.read_to_string(&mut body).ok()?;
+            let body = Client::local(port).try_text("/metrics").await?;
             body.contains("quayside_jobs_discarded_total")
                 .then_some(body)
         },

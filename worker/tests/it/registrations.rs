@@ -3,52 +3,14 @@
 
 use std::time::Duration;
 
-use domain::registrations::{self as reg, NewLogo, NewTeam, Player};
+use domain::registrations as reg;
 use engine::queue::{JobState, NewJob, enqueue};
+use testkit::fixtures::{LOGO_PNG, TEAM_NAME, insert_team};
 use testkit::{TempDir, TestDb};
 
 use crate::harness::{InProcess, fast_env, wait_final, with_env};
 
-pub(crate) const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR-not-really";
 const WAIT: Duration = Duration::from_secs(20);
-
-pub(crate) async fn register(db: &TestDb) -> String {
-    let players = vec![
-        Player {
-            name: "Ann Bowler".into(),
-            role: "bowler".into(),
-            phone: "9876543210".into(),
-        },
-        Player {
-            name: "Ben Batter".into(),
-            role: "batter".into(),
-            phone: "9876543211".into(),
-        },
-    ];
-    reg::insert_team(
-        &db.conn().await,
-        "ICCT",
-        &NewTeam {
-            team_name: "Harbour Lions",
-            church_name: "St Mark's",
-            captain_name: "Cap Tain",
-            coach_name: "Co Ach",
-            captain_phone: "9876543210",
-            captain_whatsapp: "9876543211",
-            captain_email: "captain@example.com",
-            players: &players,
-            logo: NewLogo {
-                content_type: "image/png",
-                bytes: PNG,
-                sha256: &[0; 32],
-            },
-            request_id: None,
-        },
-    )
-    .await
-    .unwrap()
-    .team_id
-}
 
 pub(crate) async fn job(db: &TestDb, kind: &str, team_id: &str) -> i64 {
     enqueue(
@@ -78,7 +40,7 @@ fn env(db: &TestDb, uploads: &TempDir, outbox: &TempDir) -> Vec<(&'static str, S
 async fn the_logo_is_stored_then_the_captain_is_mailed_with_its_link() {
     let db = TestDb::new().await;
     let (uploads, outbox) = (TempDir::new("uploads"), TempDir::new("outbox"));
-    let team_id = register(&db).await;
+    let team_id = insert_team(&db, TEAM_NAME).await;
     let upload = job(&db, "upload_logo", &team_id).await;
     let worker = InProcess::start(&env(&db, &uploads, &outbox), "uploads,email", 2);
 
@@ -86,7 +48,7 @@ async fn the_logo_is_stored_then_the_captain_is_mailed_with_its_link() {
     assert_eq!(done.state, JobState::Completed, "{:?}", done.errors);
     assert_eq!(
         std::fs::read(uploads.0.join("icct-001.png")).unwrap(),
-        PNG,
+        LOGO_PNG,
         "the file holds the registered bytes"
     );
     let team = reg::team(&db.conn().await, &team_id)
@@ -157,7 +119,7 @@ async fn jobs_of_a_missing_team_are_discarded_at_once() {
 async fn an_upload_whose_bytes_were_cleaned_up_is_discarded_not_completed() {
     let db = TestDb::new().await;
     let (uploads, outbox) = (TempDir::new("uploads"), TempDir::new("outbox"));
-    let team_id = register(&db).await;
+    let team_id = insert_team(&db, TEAM_NAME).await;
     // As the logo clean-up leaves a team whose upload was given up: no bytes, no URL.
     db.conn()
         .await

@@ -5,16 +5,18 @@
 //! processes.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use engine::queue::{JobState, control};
+use testkit::fixtures::{TEAM_NAME, insert_team, registration_form};
+use testkit::http::Response;
 use testkit::{TempDir, TestDb, wait_for};
 
 use crate::cloudinary::{Answer, FakeCloudinary};
-use crate::e2e::{BOUNDARY, form};
-use crate::harness::{Api, HttpResponse, Process, fast_env, wait_count, wait_final, with_env};
-use crate::registrations::{job, register};
+use crate::harness::{api, fast_env, wait_count, wait_final, with_env, worker};
+use crate::registrations::job;
 use crate::smtp::FakeSmtp;
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -36,8 +38,8 @@ async fn smtp_down_opens_the_breaker_and_every_email_arrives_once_after() {
     let env = with_env(env, "SMTP_BREAKER_COOL_DOWN_MS", "1000");
     let env = with_env(env, "SMTP_CONNECT_TIMEOUT_MS", "500");
     let workers = [
-        Process::start(&env, &["--queues", "email", "--concurrency", "4"]),
-        Process::start(&env, &["--queues", "email", "--concurrency", "4"]),
+        worker(&env, &["--queues", "email", "--concurrency", "4"]),
+        worker(&env, &["--queues", "email", "--concurrency", "4"]),
     ];
 
     // Down: the breaker opens for both processes, and the jobs wait without using attempts.
@@ -99,7 +101,7 @@ async fn an_upload_cut_by_kill_9_completes_after_the_rescue() {
     let db = TestDb::new().await;
     let uploads = TempDir::new("uploads");
     let cloudinary = FakeCloudinary::start([Answer::Hang]).await;
-    let team_id = register(&db).await;
+    let team_id = insert_team(&db, TEAM_NAME).await;
     let id = job(&db, "upload_logo", &team_id).await;
     let env = cloudinary.env(with_env(
         fast_env(&db.url),
@@ -109,7 +111,7 @@ async fn an_upload_cut_by_kill_9_completes_after_the_rescue() {
     // The hung request would outlive the lease (2 s) by far.
     let env = with_env(env, "CLOUDINARY_REQUEST_TIMEOUT_MS", "60000");
     let args = ["--queues", "uploads", "--concurrency", "2"];
-    let first = Process::start(&env, &args);
+    let first = worker(&env, &args);
     wait_for("the upload to reach the server", WAIT, || async {
         (!cloudinary.requests().is_empty()).then_some(())
     })
@@ -119,7 +121,7 @@ async fn an_upload_cut_by_kill_9_completes_after_the_rescue() {
     let row = control::get(&db.conn().await, id).await.unwrap().unwrap();
     assert_eq!(row.state, JobState::Running, "the killed worker held it");
 
-    let _second = Process::start(&env, &args);
+    let _second = worker(&env, &args);
     let done = wait_final(&db, id, WAIT).await;
     assert_eq!(done.state, JobState::Completed, "{:?}", done.errors);
     assert_eq!(done.attempt, 2, "the rescue handed it to the second worker");
@@ -155,7 +157,7 @@ async fn a_burst_of_200_confirmations_to_a_slow_server_arrives_once_each() {
     ));
     let started = std::time::Instant::now();
     let args = ["--queues", "email", "--concurrency", "10"];
-    let workers = [Process::start(&env, &args), Process::start(&env, &args)];
+    let workers = [worker(&env, &args), worker(&env, &args)];
     wait_count(
         &db,
         "SELECT count(*) FROM jobs WHERE kind = 'send_confirmation_email' AND state = 'completed'",
@@ -196,7 +198,7 @@ async fn cloudinary_failing_opens_one_breaker_for_both_processes_and_each_logo_i
     let mut ids = Vec::new();
     let mut teams = Vec::new();
     for _ in 0..N {
-        let team_id = register(&db).await;
+        let team_id = insert_team(&db, TEAM_NAME).await;
         ids.push(job(&db, "upload_logo", &team_id).await);
         teams.push(team_id);
     }
@@ -215,7 +217,7 @@ async fn cloudinary_failing_opens_one_breaker_for_both_processes_and_each_logo_i
     let env = with_env(env, "CLOUDINARY_BREAKER_HALF_OPEN_PROBES", "1");
     let concurrency = CONCURRENCY.to_string();
     let args = ["--queues", "uploads", "--concurrency", concurrency.as_str()];
-    let workers = [Process::start(&env, &args), Process::start(&env, &args)];
+    let workers = [worker(&env, &args), worker(&env, &args)];
 
     // Failing: the one breaker opens, then reopens on failed probes, and both processes snooze
     // their jobs meanwhile.
@@ -329,7 +331,7 @@ async fn a_cloudinary_rate_limit_of_10_per_5_s_holds_over_40_uploads_from_two_pr
     let env = with_env(env, "CLOUDINARY_RATE_LIMIT", "10/5s");
     let args = ["--queues", "uploads", "--concurrency", "4"];
     let started = std::time::Instant::now();
-    let workers = [Process::start(&env, &args), Process::start(&env, &args)];
+    let workers = [worker(&env, &args), worker(&env, &args)];
     wait_count(
         &db,
         "SELECT count(*) FROM jobs WHERE kind = 'upload_logo' AND state = 'completed'",
@@ -391,7 +393,7 @@ async fn two_hundred_registrations_through_the_api_never_wait_for_a_slow_smtp_se
     let (uploads_dir, outbox_dir) = (uploads.0.to_str().unwrap(), outbox.0.to_str().unwrap());
     let smtp = FakeSmtp::start().await;
     smtp.slow(PER_MESSAGE);
-    let api = Api::start(&[
+    let api = api(&[
         ("DATABASE_URL", &db.url),
         ("UPLOADS_DIR", uploads_dir),
         // 200 posts from one address: the per-IP abuse limit is not under test here.
@@ -400,43 +402,31 @@ async fn two_hundred_registrations_through_the_api_never_wait_for_a_slow_smtp_se
     .await;
     let env = smtp.env(with_env(fast_env(&db.url), "UPLOADS_DIR", uploads_dir));
     let env = with_env(env, "MAIL_OUTBOX_DIR", outbox_dir);
-    let env = with_env(
-        env,
-        "PUBLIC_BASE_URL",
-        format!("http://127.0.0.1:{}", api.port),
-    );
+    let env = with_env(env, "PUBLIC_BASE_URL", api.base_url());
     let args = ["--queues", "uploads,email", "--concurrency", "10"];
-    let workers = [Process::start(&env, &args), Process::start(&env, &args)];
+    let workers = [worker(&env, &args), worker(&env, &args)];
 
     // 200 registrations, 16 at a time, each on a connection of its own.
-    let content_type = format!("multipart/form-data; boundary={BOUNDARY}");
-    let headers = [("Content-Type", content_type.as_str())];
-    let body = form();
-    let next = AtomicUsize::new(0);
+    let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
-    let answers: Vec<(Duration, HttpResponse)> = tokio::task::block_in_place(|| {
-        std::thread::scope(|s| {
-            let clients: Vec<_> = (0..CLIENTS)
-                .map(|_| {
-                    s.spawn(|| {
-                        let mut out = Vec::new();
-                        while next.fetch_add(1, Ordering::SeqCst) < N {
-                            let t = Instant::now();
-                            let r = api
-                                .request("POST", "/api/v1/registrations", &headers, &body)
-                                .expect("an answer");
-                            out.push((t.elapsed(), r));
-                        }
-                        out
-                    })
-                })
-                .collect();
-            clients
-                .into_iter()
-                .flat_map(|c| c.join().unwrap())
-                .collect()
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (client, next) = (api.client(), next.clone());
+            tokio::spawn(async move {
+                let mut out = Vec::new();
+                while next.fetch_add(1, Ordering::SeqCst) < N {
+                    let t = Instant::now();
+                    let r = client.register(registration_form()).send().await;
+                    out.push((t.elapsed(), r));
+                }
+                out
+            })
         })
-    });
+        .collect();
+    let mut answers: Vec<(Duration, Response)> = Vec::new();
+    for c in clients {
+        answers.extend(c.await.expect("a client task"));
+    }
     let posting_took = started.elapsed();
     let delivered_by_then = smtp.messages().len();
     assert_eq!(answers.len(), N);
@@ -519,7 +509,7 @@ fn assert_each_confirmed_once(smtp: &FakeSmtp, jobs: &[i64]) {
 async fn teams_with_a_job(db: &TestDb, kind: &str, n: usize) -> Vec<i64> {
     let mut ids = Vec::with_capacity(n);
     for _ in 0..n {
-        let team_id = register(db).await;
+        let team_id = insert_team(db, TEAM_NAME).await;
         ids.push(job(db, kind, &team_id).await);
     }
     ids

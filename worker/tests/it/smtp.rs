@@ -8,13 +8,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use engine::queue::JobState;
+use testkit::fixtures::{TEAM_NAME, insert_team};
 use testkit::{TempDir, TestDb};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use crate::harness::{InProcess, fast_env, wait_final, with_env};
-use crate::registrations::{job, register};
+use crate::registrations::job;
 
 const WAIT: Duration = Duration::from_secs(40);
 
@@ -49,6 +50,21 @@ impl Received {
             }
         }
         value
+    }
+
+    /// The text part and the HTML part, from their `Content-Type` on; panics unless both are
+    /// there, text first.
+    pub fn text_and_html(&self) -> (&str, &str) {
+        let text = self
+            .data
+            .find("Content-Type: text/plain")
+            .expect("a text part");
+        let html = self
+            .data
+            .find("Content-Type: text/html")
+            .expect("an HTML part");
+        assert!(text < html, "text first, then HTML: {}", self.data);
+        (&self.data[text..html], &self.data[html..])
     }
 }
 
@@ -246,7 +262,7 @@ fn env(db: &TestDb, outbox: &TempDir, smtp: &FakeSmtp) -> Vec<(&'static str, Str
 /// job and return the job when final.
 async fn confirm(db: &TestDb, smtp: &FakeSmtp) -> engine::queue::JobRow {
     let outbox = TempDir::new("outbox");
-    let team_id = register(db).await;
+    let team_id = insert_team(db, TEAM_NAME).await;
     let worker = InProcess::start(&env(db, &outbox, smtp), "email", 2);
     let id = job(db, "send_confirmation_email", &team_id).await;
     let done = wait_final(db, id, WAIT).await;
@@ -289,30 +305,10 @@ async fn the_confirmation_arrives_over_smtp_with_both_bodies() {
         Some("\"Cup Desk\" <desk@example.org>")
     );
     assert!(m.data.contains("multipart/alternative"), "{}", m.data);
-    let text = m
-        .data
-        .find("Content-Type: text/plain")
-        .expect("a text part");
-    let html = m
-        .data
-        .find("Content-Type: text/html")
-        .expect("an HTML part");
-    assert!(text < html, "text first, then HTML: {}", m.data);
-    assert!(
-        m.data[text..html].contains("Team id: ICCT-001"),
-        "{}",
-        m.data
-    );
-    assert!(
-        m.data[text..html].contains("2. Ben Batter (batter)"),
-        "{}",
-        m.data
-    );
-    assert!(
-        m.data[html..].contains("<li>Ann Bowler (bowler)</li>"),
-        "{}",
-        m.data
-    );
+    let (text, html) = m.text_and_html();
+    assert!(text.contains("Team id: ICCT-001"), "{}", m.data);
+    assert!(text.contains("2. Ben Batter (batter)"), "{}", m.data);
+    assert!(html.contains("<li>Ann Bowler (bowler)</li>"), "{}", m.data);
 }
 
 #[tokio::test]

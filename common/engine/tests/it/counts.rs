@@ -9,7 +9,9 @@ use engine::queue::outcome::{self, AttemptOutcome, Failure, Outcome};
 use engine::queue::{control, enqueue, enqueue_many, fetch};
 use testkit::TestDb;
 
-use crate::support::{job, pool_of};
+use testkit::db::pool_of;
+
+use crate::support::job;
 
 const LEASE: Duration = Duration::from_secs(30);
 

@@ -9,7 +9,7 @@ use engine::queue::{AttemptError, JobState, control};
 use testkit::TestDb;
 use tokio::sync::Barrier;
 
-use crate::support::pool_of;
+use testkit::db::pool_of;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_claim_per_interval_among_concurrent_callers() {

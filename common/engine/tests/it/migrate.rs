@@ -6,7 +6,7 @@ use engine::db;
 use testkit::TestDb;
 use tokio::sync::Barrier;
 
-use crate::support::{connect, pool_of, url_of_database};
+use testkit::db::{connect, pool_of, url_of_database};
 
 /// The versions of the migration files (`V<version>__<name>.sql`).
 fn migration_versions() -> Vec<i32> {

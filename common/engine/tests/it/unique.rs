@@ -6,7 +6,9 @@ use engine::queue::enqueue;
 use testkit::TestDb;
 use tokio::sync::Barrier;
 
-use crate::support::{pool_of, unique_job};
+use testkit::db::pool_of;
+
+use crate::support::unique_job;
 
 #[tokio::test]
 async fn a_key_is_held_until_its_job_finishes() {
