@@ -3,8 +3,9 @@
 use engine::db::{DbError, DbErrorKind};
 use engine::queue::{UNIQUE_KEY_INDEX, control, enqueue};
 use testkit::TestDb;
+use testkit::db::{connect, pool_of};
 
-use crate::support::{connect, pool_of, unique_job};
+use crate::support::unique_job;
 
 /// The kind of the error PostgreSQL raises with SQLSTATE `code`.
 async fn kind_of_code(db: &TestDb, code: &str) -> String {
