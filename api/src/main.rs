@@ -88,7 +88,7 @@ async fn run(command: Option<Command>, settings: Settings) -> anyhow::Result<()>
     poem::Server::new(listener)
         .run_with_graceful_shutdown(
             api::app(pool, &settings),
-            shutdown_signal(),
+            engine::signal::shutdown(),
             Some(std::time::Duration::from_secs(10)),
         )
         .await?;
@@ -105,13 +105,4 @@ fn read_password_line() -> anyhow::Result<String> {
         "no password: set ADMIN_PASSWORD or pipe it on standard input"
     );
     Ok(password)
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }

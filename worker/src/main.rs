@@ -67,19 +67,10 @@ async fn serve(settings: WorkerSettings) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let signal_stop = stop.clone();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        engine::signal::shutdown().await;
         signal_stop.cancel();
     });
     worker::run(settings, stop).await
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }
 
 fn init_logs() {

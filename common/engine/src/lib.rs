@@ -18,3 +18,4 @@ pub mod names;
 pub mod queue;
 pub mod ratelimit;
 pub mod retry;
+pub mod signal;
