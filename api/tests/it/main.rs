@@ -11,4 +11,5 @@ mod names;
 mod probes;
 mod registrations;
 mod server;
+mod sessions;
 mod support;
