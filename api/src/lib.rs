@@ -104,6 +104,9 @@ pub fn app(
         .nest("/", api)
         .nest("/docs", docs)
         .at("/openapi.json", spec)
+        .around(middleware::input::refuse_control_chars)
+        // Boxed: the type of the whole stack otherwise outgrows the compiler's depth limit.
+        .boxed()
         .around(middleware::context::errors_as_json)
         .around(move |ep, req| middleware::limits::body_limit(ep, req, max_body))
         .around(move |ep, req| middleware::limits::timeout(ep, req, timeout))

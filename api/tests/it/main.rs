@@ -5,6 +5,7 @@ mod auth;
 mod breakers;
 mod db_errors;
 mod errors;
+mod fuzz;
 mod jobs;
 mod middleware;
 mod names;
