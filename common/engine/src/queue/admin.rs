@@ -135,7 +135,7 @@ pub async fn bulk_cancel(
     filter: &JobFilter,
     batch: i64,
 ) -> Result<u64> {
-    in_batches(client, BULK_CANCEL, filter, batch).await
+    in_batches(client, Bulk::Cancel, filter, batch).await
 }
 
 const BULK_DELETE: &str = concat!(
@@ -152,7 +152,7 @@ pub async fn bulk_delete(
     filter: &JobFilter,
     batch: i64,
 ) -> Result<u64> {
-    in_batches(client, BULK_DELETE, filter, batch).await
+    in_batches(client, Bulk::Delete, filter, batch).await
 }
 
 const BULK_RETRY: &str = concat!(
@@ -185,41 +185,84 @@ pub async fn bulk_retry(
     filter: &JobFilter,
     batch: i64,
 ) -> Result<u64> {
-    let stmt = client.prepare_cached(BULK_RETRY).await?;
-    let mut total = 0;
-    loop {
-        let row = client
-            .query_one(&stmt, &filter_params(filter, &batch))
-            .await?;
-        let (seen, retried, queues): (i64, i64, Vec<String>) = (row.get(0), row.get(1), row.get(2));
-        total += retried as u64;
-        for queue in &queues {
-            client
-                .execute("SELECT pg_notify($1, $2)", &[&NOTIFY_CHANNEL, queue])
-                .await?;
+    in_batches(client, Bulk::Retry, filter, batch).await
+}
+
+/// A bulk action of operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bulk {
+    /// [`bulk_retry`].
+    Retry,
+    /// [`bulk_cancel`].
+    Cancel,
+    /// [`bulk_delete`].
+    Delete,
+}
+
+/// What one batch of a bulk action did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batch {
+    /// Rows that matched (the action is done when fewer than the batch size did).
+    pub seen: u64,
+    /// Rows changed.
+    pub changed: u64,
+}
+
+/// One batch of `action`: at most `batch` rows matching `filter`. The bulk functions run
+/// these until one sees fewer than `batch` rows; a caller that records each batch (the
+/// audit log) runs each in its own transaction with the record.
+pub async fn bulk_batch(
+    client: &impl GenericClient,
+    action: Bulk,
+    filter: &JobFilter,
+    batch: i64,
+) -> Result<Batch> {
+    let params = filter_params(filter, &batch);
+    match action {
+        Bulk::Retry => {
+            let stmt = client.prepare_cached(BULK_RETRY).await?;
+            let row = client.query_one(&stmt, &params).await?;
+            let (seen, retried, queues): (i64, i64, Vec<String>) =
+                (row.get(0), row.get(1), row.get(2));
+            for queue in &queues {
+                client
+                    .execute("SELECT pg_notify($1, $2)", &[&NOTIFY_CHANNEL, queue])
+                    .await?;
+            }
+            Ok(Batch {
+                seen: seen as u64,
+                changed: retried as u64,
+            })
         }
-        if seen < batch {
-            return Ok(total);
+        Bulk::Cancel | Bulk::Delete => {
+            let sql = if action == Bulk::Cancel {
+                BULK_CANCEL
+            } else {
+                BULK_DELETE
+            };
+            let stmt = client.prepare_cached(sql).await?;
+            let n = client.execute(&stmt, &params).await?;
+            Ok(Batch {
+                seen: n,
+                changed: n,
+            })
         }
     }
 }
 
-/// Run `sql` (a bulk action on at most `batch` rows matching `filter`) until a run touches
-/// fewer than `batch` rows. Returns how many rows it touched in all.
+/// Run batches of `action` until one sees fewer than `batch` rows. Returns how many rows
+/// changed in all.
 async fn in_batches(
     client: &impl GenericClient,
-    sql: &str,
+    action: Bulk,
     filter: &JobFilter,
     batch: i64,
 ) -> Result<u64> {
-    let stmt = client.prepare_cached(sql).await?;
     let mut total = 0;
     loop {
-        let n = client
-            .execute(&stmt, &filter_params(filter, &batch))
-            .await?;
-        total += n;
-        if n < batch as u64 {
+        let b = bulk_batch(client, action, filter, batch).await?;
+        total += b.changed;
+        if b.seen < batch as u64 {
             return Ok(total);
         }
     }
