@@ -1,6 +1,7 @@
 //! Integration tests of the API: the app runs in-process (`poem::test::TestClient`) against a
 //! fresh, migrated database per test. One binary; a module per feature.
 
+mod audit;
 mod auth;
 mod breakers;
 mod db_errors;
