@@ -112,31 +112,53 @@ async fn each_keda_query_counts_its_groups_waiting_running_and_due_jobs() {
     }
 }
 
+/// The metric names in `expr`, without a histogram's `_bucket`.
+fn metrics_in(expr: &str) -> Vec<String> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("quayside_"))
+        .map(|w| w.trim_end_matches("_bucket").to_owned())
+        .collect()
+}
+
+/// Whether the api or the worker exports `name`.
+fn exported(name: &str) -> bool {
+    [
+        include_str!("../../api/src/metrics.rs"),
+        include_str!("../../worker/src/runtime/metrics.rs"),
+    ]
+    .iter()
+    .any(|src| src.contains(&format!("\"{name}\"")))
+}
+
+/// Every metric the alert rules read is exported: a renamed metric would silence an alert.
+#[test]
+fn the_alert_rules_read_only_metrics_that_exist() {
+    let names = metrics_in(include_str!("../deploy/prometheus/alerts.yml"));
+    assert!(names.len() >= 6, "{names:?}");
+    for name in names {
+        assert!(
+            exported(&name),
+            "alerts.yml reads {name}, which neither process exports"
+        );
+    }
+}
+
 /// Every metric the Grafana dashboard queries is one the api or the worker exports: a renamed
 /// metric would leave a panel silently empty.
 #[test]
 fn the_dashboard_queries_only_metrics_that_exist() {
     let dashboard: serde_json::Value =
         serde_json::from_str(include_str!("../deploy/grafana/dashboards/quayside.json")).unwrap();
-    let sources = [
-        include_str!("../../api/src/metrics.rs"),
-        include_str!("../../worker/src/runtime/metrics.rs"),
-    ]
-    .concat();
     let mut checked = 0;
     for panel in dashboard["panels"].as_array().unwrap() {
         for target in panel["targets"].as_array().unwrap() {
-            let expr = target["expr"].as_str().unwrap();
-            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
-                if let Some(name) = word.strip_prefix("quayside_") {
-                    let name = format!("quayside_{}", name.trim_end_matches("_bucket"));
-                    assert!(
-                        sources.contains(&format!("\"{name}\"")),
-                        "panel {:?} queries {name}, which neither process exports",
-                        panel["title"]
-                    );
-                    checked += 1;
-                }
+            for name in metrics_in(target["expr"].as_str().unwrap()) {
+                assert!(
+                    exported(&name),
+                    "panel {:?} queries {name}, which neither process exports",
+                    panel["title"]
+                );
+                checked += 1;
             }
         }
     }
