@@ -119,7 +119,7 @@ impl Completer {
                 }
             }
         }
-        self.held.remove(batch.iter().map(|o| o.id));
+        self.held.remove(batch.iter().map(|o| (o.id, o.attempt)));
         batch.clear();
     }
 

@@ -1,0 +1,116 @@
+//! Queue bookkeeping under faults, driven piece by piece (fetch, rescue, completer, lease
+//! renewal) against a real PostgreSQL, so each fault lands exactly where the test puts it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use engine::queue::maintenance::{self as sql, WorkerInfo};
+use engine::queue::outcome::{AttemptOutcome, Outcome};
+use engine::queue::{JobOptions, JobState, control, fetch};
+use serde_json::json;
+use testkit::TestDb;
+use tokio_util::sync::CancellationToken;
+use worker::runtime::completer::Completer;
+use worker::runtime::lease::{self, Held};
+
+use crate::harness::enqueue_noop;
+
+fn worker_info(id: &str) -> WorkerInfo {
+    WorkerInfo {
+        id: id.into(),
+        host: "test".into(),
+        pid: std::process::id() as i32,
+        queues: vec!["default".into()],
+        concurrency: 1,
+    }
+}
+
+/// Write `outcomes` through a real completer and wait until it has written them.
+async fn complete(
+    pool: &deadpool_postgres::Pool,
+    worker: &Arc<str>,
+    held: &Arc<Held>,
+    outcomes: Vec<AttemptOutcome>,
+) {
+    let (completer, handle) = Completer::new(pool.clone(), worker.clone(), held.clone(), 16);
+    let task = tokio::spawn(completer.run(CancellationToken::new()));
+    for o in outcomes {
+        handle.send(o).await;
+    }
+    // The completer returns once its channel is closed and drained.
+    drop(handle);
+    task.await.expect("completer");
+}
+
+/// Attempt 1's lease lapses, the same worker fetches attempt 2, and attempt 1's late outcome
+/// is refused by the fence: attempt 2 must stay held, so its lease is still renewed.
+#[tokio::test]
+async fn a_stale_outcome_leaves_the_current_attempt_renewed() {
+    let db = TestDb::new().await;
+    let id = enqueue_noop(&db, json!({}), JobOptions::default()).await;
+    let pool = testkit::db::pool_of(&db.url, 2);
+    let info = worker_info("w-stale");
+    let worker: Arc<str> = info.id.as_str().into();
+    let queue: Arc<str> = "default".into();
+    let held = Arc::new(Held::default());
+    let conn = pool.get().await.unwrap();
+
+    // Attempt 1, whose lease runs out at once (as during a database hiccup), is rescued.
+    let first = fetch::fetch(&conn, &queue, &worker, Duration::from_millis(1), 10)
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 1);
+    held.add(first.iter().map(|j| (j.id, j.attempt)));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(sql::rescue(&conn, 10).await.unwrap().retried, 1);
+
+    // The same worker fetches attempt 2.
+    let second = fetch::fetch(&conn, &queue, &worker, Duration::from_secs(30), 10)
+        .await
+        .unwrap();
+    assert_eq!((second[0].id, second[0].attempt), (id, 2));
+    held.add(second.iter().map(|j| (j.id, j.attempt)));
+
+    // Attempt 1's handler finishes now; its outcome is refused.
+    complete(
+        &pool,
+        &worker,
+        &held,
+        vec![AttemptOutcome {
+            id,
+            attempt: 1,
+            outcome: Outcome::Completed(None),
+        }],
+    )
+    .await;
+    let job = control::get(&conn, id).await.unwrap().unwrap();
+    assert_eq!((job.state, job.attempt), (JobState::Running, 2));
+    let before = job.lease_expires_at.unwrap();
+
+    // The next renewal still extends attempt 2's lease.
+    lease::renew_once(&pool, &info, &held, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let job = control::get(&conn, id).await.unwrap().unwrap();
+    let after = job.lease_expires_at.unwrap();
+    assert!(
+        after - before > chrono::Duration::minutes(30),
+        "attempt 2's lease was not renewed: {before} -> {after}"
+    );
+
+    // Attempt 2's own outcome then lands and releases it.
+    complete(
+        &pool,
+        &worker,
+        &held,
+        vec![AttemptOutcome {
+            id,
+            attempt: 2,
+            outcome: Outcome::Completed(None),
+        }],
+    )
+    .await;
+    assert!(held.is_empty());
+    let job = control::get(&conn, id).await.unwrap().unwrap();
+    assert_eq!((job.state, job.attempt), (JobState::Completed, 2));
+}
