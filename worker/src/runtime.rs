@@ -67,6 +67,9 @@ pub struct RuntimeSettings {
     /// How long in-flight jobs may run on after SIGTERM before they are handed back
     /// (`WORKER_SHUTDOWN_TIMEOUT_MS`).
     pub shutdown_timeout: Duration,
+    /// The longest wait a handler can ask for before the next run, through a `Retry-After`
+    /// or a snooze (`WORKER_RETRY_AFTER_MAX_MS`).
+    pub retry_after_max: Duration,
     /// Maintenance intervals and limits.
     pub maintenance: MaintenanceSettings,
     /// Periodic jobs: those registered in code and those of `PERIODIC_JOBS`.
@@ -113,6 +116,11 @@ impl RuntimeSettings {
                 src,
                 "WORKER_SHUTDOWN_TIMEOUT_MS",
                 DEFAULT_SHUTDOWN_TIMEOUT_MS,
+            )?,
+            retry_after_max: millis(
+                src,
+                "WORKER_RETRY_AFTER_MAX_MS",
+                backend::DEFAULT_RETRY_AFTER_MAX_MS,
             )?,
             maintenance: MaintenanceSettings::from_source(src)?,
             periodic,
@@ -257,6 +265,7 @@ impl Runtime {
                 completer_handle.clone(),
                 handlers.clone(),
                 queue_metrics,
+                settings.retry_after_max,
             );
             let name = format!("{worker}/{queue}");
             let handlers = handlers.clone();

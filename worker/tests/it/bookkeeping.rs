@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use engine::queue::maintenance::{self as sql, WorkerInfo};
-use engine::queue::outcome::{AttemptOutcome, Outcome};
+use engine::queue::outcome::{AttemptOutcome, Failure, Outcome};
 use engine::queue::{JobOptions, JobState, control, fetch};
 use serde_json::json;
 use testkit::TestDb;
@@ -113,4 +113,77 @@ async fn a_stale_outcome_leaves_the_current_attempt_renewed() {
     assert!(held.is_empty());
     let job = control::get(&conn, id).await.unwrap().unwrap();
     assert_eq!((job.state, job.attempt), (JobState::Completed, 2));
+}
+
+/// One batch of outcomes with rows PostgreSQL would refuse: a NUL in an error message, a
+/// delay past any timestamp, a NUL in a result's JSON. The first two are made storable; the
+/// last still fails, and costs only its own job (left running, to be rescued).
+#[tokio::test]
+async fn a_poisoned_outcome_costs_only_itself() {
+    let db = TestDb::new().await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(enqueue_noop(&db, json!({}), JobOptions::default()).await);
+    }
+    let pool = testkit::db::pool_of(&db.url, 2);
+    let worker: Arc<str> = "w-poison".into();
+    let queue: Arc<str> = "default".into();
+    let held = Arc::new(Held::default());
+    let conn = pool.get().await.unwrap();
+    let fetched = fetch::fetch(&conn, &queue, &worker, Duration::from_secs(30), 10)
+        .await
+        .unwrap();
+    assert_eq!(fetched.len(), 5);
+    held.add(fetched.iter().map(|j| (j.id, j.attempt)));
+    let out = |id: i64, outcome| AttemptOutcome {
+        id,
+        attempt: 1,
+        outcome,
+    };
+    complete(
+        &pool,
+        &worker,
+        &held,
+        vec![
+            out(ids[0], Outcome::Completed(None)),
+            out(
+                ids[1],
+                Outcome::Retry {
+                    delay: Duration::from_secs(1),
+                    error: Failure::new("error", "the server said \0 and hung up"),
+                },
+            ),
+            out(
+                ids[2],
+                Outcome::Retry {
+                    delay: Duration::MAX,
+                    error: Failure::new("error", "429"),
+                },
+            ),
+            out(
+                ids[3],
+                Outcome::Completed(Some(json!({"echo": "nul \u{0} inside"}))),
+            ),
+            out(ids[4], Outcome::Snooze(Duration::from_secs(1))),
+        ],
+    )
+    .await;
+    let job = |id| {
+        let conn = &conn;
+        async move { control::get(conn, id).await.unwrap().unwrap() }
+    };
+    assert_eq!(job(ids[0]).await.state, JobState::Completed);
+    let nul = job(ids[1]).await;
+    assert_eq!(nul.state, JobState::Retryable);
+    assert_eq!(nul.errors[0].message, "the server said  and hung up");
+    let far = job(ids[2]).await;
+    assert_eq!(far.state, JobState::Retryable);
+    assert!(far.run_at > chrono::Utc::now() + chrono::Duration::days(365));
+    assert_eq!(
+        job(ids[3]).await.state,
+        JobState::Running,
+        "the refused row is left for the rescuer"
+    );
+    assert_eq!(job(ids[4]).await.state, JobState::Scheduled);
+    assert!(held.is_empty());
 }
