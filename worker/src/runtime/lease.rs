@@ -51,6 +51,16 @@ impl Held {
         ids
     }
 
+    /// The attempts held now: (job id, attempt).
+    pub fn attempts(&self) -> Vec<(i64, i32)> {
+        self.jobs
+            .lock()
+            .expect("held lock")
+            .iter()
+            .copied()
+            .collect()
+    }
+
     /// How many attempts are held.
     pub fn len(&self) -> usize {
         self.jobs.lock().expect("held lock").len()

@@ -1,5 +1,6 @@
-//! Queue bookkeeping under faults, driven piece by piece (fetch, rescue, completer, lease
-//! renewal) against a real PostgreSQL, so each fault lands exactly where the test puts it.
+//! Queue bookkeeping under faults, driven piece by piece (producer, fetch, rescue, completer,
+//! lease renewal) against a real PostgreSQL, so each fault lands exactly where the test puts
+//! it; a lost reply is a real connection cut (`testkit::CutProxy`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,9 +10,12 @@ use engine::queue::outcome::{AttemptOutcome, Failure, Outcome};
 use engine::queue::{JobOptions, JobState, control, fetch};
 use serde_json::json;
 use testkit::TestDb;
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use worker::runtime::completer::Completer;
 use worker::runtime::lease::{self, Held};
+use worker::runtime::metrics::QueueMetrics;
+use worker::runtime::producer::Producer;
 
 use crate::harness::enqueue_noop;
 
@@ -186,4 +190,54 @@ async fn a_poisoned_outcome_costs_only_itself() {
     );
     assert_eq!(job(ids[4]).await.state, JobState::Scheduled);
     assert!(held.is_empty());
+}
+
+/// The reply to a fetch is lost with its connection after PostgreSQL committed it: the job
+/// is marked running for this worker, which never saw it. Its one and only attempt must not
+/// be spent: the producer gives it back and fetches it again.
+#[tokio::test]
+async fn a_fetch_lost_in_transit_spends_no_attempt() {
+    let db = TestDb::new().await;
+    let proxy = testkit::CutProxy::start(&db.url).await;
+    let pool = testkit::db::pool_of(proxy.url(), 1);
+    // Prepared first on the pool's one connection, so the cut hits the fetch itself.
+    fetch::prepare(&pool.get().await.unwrap()).await.unwrap();
+    let id = enqueue_noop(
+        &db,
+        json!({}),
+        JobOptions {
+            max_attempts: Some(1),
+            ..Default::default()
+        },
+    )
+    .await;
+    let queue: Arc<str> = "default".into();
+    let (tx, mut rx) = mpsc::channel(4);
+    let producer = Producer {
+        queue: queue.clone(),
+        pool: pool.clone(),
+        worker: "w-lost".into(),
+        lease: Duration::from_secs(30),
+        batch: 4,
+        poll_interval: Duration::from_millis(100),
+        slots: Arc::new(Semaphore::new(4)),
+        tx,
+        wake: Arc::new(Notify::new()),
+        held: Arc::new(Held::default()),
+        metrics: Arc::new(QueueMetrics::new(&queue, ["noop"])),
+    };
+    proxy.cut_next_reply();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(producer.run(stop.clone()));
+    let job = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("the job claimed by the lost fetch never reached a handler")
+        .expect("producer running");
+    assert_eq!(proxy.cuts(), 1);
+    assert_eq!((job.id, job.attempt), (id, 1));
+    let row = control::get(&db.conn().await, id).await.unwrap().unwrap();
+    assert_eq!((row.state, row.attempt), (JobState::Running, 1));
+    assert!(row.errors.is_empty(), "{:?}", row.errors);
+    stop.cancel();
+    task.await.unwrap();
 }
