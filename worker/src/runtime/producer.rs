@@ -7,7 +7,7 @@
 //! batch, since more jobs are probably waiting.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 use engine::config::{ConfigError, Source, millis, positive};
@@ -160,6 +160,9 @@ impl Producer {
     /// Fetch until `stop`.
     pub async fn run(self, stop: CancellationToken) {
         let mut error_delay = Duration::from_millis(100);
+        // When the last fetch was lost with its connection: it may have claimed jobs whose
+        // reply never arrived. Those are given back before the next fetch.
+        let mut lost_since: Option<Instant> = None;
         loop {
             // Wait for a free slot, then take every free slot up to a batch.
             let first = tokio::select! {
@@ -172,7 +175,17 @@ impl Producer {
                 p.forget();
             }
             let want = extra + 1;
-            let fetched = self.fetch(want).await;
+            let started = Instant::now();
+            let fetched = match lost_since {
+                Some(since) => match self.hand_back_unseen(since).await {
+                    Ok(()) => {
+                        lost_since = None;
+                        self.fetch(want).await
+                    }
+                    Err(e) => Err(e),
+                },
+                None => self.fetch(want).await,
+            };
             let got = fetched.as_ref().map_or(0, Vec::len);
             self.slots.add_permits(want - got);
             match fetched {
@@ -191,6 +204,9 @@ impl Producer {
                     }
                 }
                 Err(e) => {
+                    if e.is_connection_lost() && lost_since.is_none() {
+                        lost_since = Some(started);
+                    }
                     tracing::warn!(queue = %self.queue, error = %e, "fetch failed; backing off");
                     tokio::select! {
                         _ = tokio::time::sleep(error_delay) => {}
@@ -206,6 +222,28 @@ impl Producer {
                 _ = stop.cancelled() => return,
             }
         }
+    }
+
+    /// Give back the jobs of this queue that a fetch lost in transit claimed for this worker
+    /// since `since` (plus a second of margin for clocks and round trips): running
+    /// under our id, held by nobody here. Only this producer fetches the queue for this
+    /// worker, and every job it received is held until its outcome is written, so they are
+    /// exactly the jobs no handler saw; they go back with their attempt unspent.
+    async fn hand_back_unseen(&self, since: Instant) -> Result<(), engine::db::DbError> {
+        let conn = self.pool.get().await?;
+        let within = since.elapsed();
+        let n = fetch::hand_back_unseen(
+            &conn,
+            &self.queue,
+            &self.worker,
+            &self.held.attempts(),
+            within + Duration::from_secs(1),
+        )
+        .await?;
+        if n > 0 {
+            tracing::warn!(queue = %self.queue, num_jobs = n, "a fetch was lost in transit; gave its jobs back unspent");
+        }
+        Ok(())
     }
 
     async fn fetch(&self, limit: usize) -> Result<Vec<FetchedJob>, engine::db::DbError> {

@@ -118,13 +118,27 @@ pub async fn jobs_by_ids(client: &impl GenericClient, ids: &[i64]) -> Result<Vec
 /// million-row action never holds a million row locks, and workers interleave with it.
 pub const BULK_BATCH: i64 = 1000;
 
+// A bulk action walks the ids once, in order: each batch takes the matching rows after the
+// last id the previous batch looked at ($7), up to the newest id when the action started
+// ($8). A job is therefore touched at most once per action, even if it matches again
+// between batches (a retried job that completes meanwhile), and jobs enqueued during the
+// action are left alone. Re-selecting the filter per batch instead ran such jobs again and
+// again. Every statement returns (rows looked at, last id looked at, rows changed).
+
+/// The newest id when a bulk action starts: its upper bound.
+const NEWEST_ID: &str = "SELECT coalesce(max(id), 0) FROM jobs";
+
 const BULK_CANCEL: &str = concat!(
     "WITH batch AS (SELECT j.id FROM jobs j WHERE ",
     job_filter!(),
     " AND j.state NOT IN ('completed', 'discarded', 'cancelled')
-      ORDER BY j.id LIMIT $7 FOR UPDATE)
-UPDATE jobs SET state = 'cancelled', finished_at = now(), lease_expires_at = NULL
-  FROM batch WHERE jobs.id = batch.id"
+      AND j.id > $7 AND j.id <= $8 ORDER BY j.id LIMIT $9 FOR UPDATE),
+done AS (
+  UPDATE jobs SET state = 'cancelled', finished_at = now(), lease_expires_at = NULL
+    FROM batch WHERE jobs.id = batch.id
+  RETURNING jobs.queue)
+SELECT (SELECT count(*) FROM batch), (SELECT max(id) FROM batch), (SELECT count(*) FROM done),
+       ARRAY[]::text[]"
 );
 
 /// Cancel every unfinished job matching `filter`, `batch` rows per statement. Returns how
@@ -141,8 +155,10 @@ pub async fn bulk_cancel(
 const BULK_DELETE: &str = concat!(
     "WITH batch AS (SELECT j.id FROM jobs j WHERE ",
     job_filter!(),
-    " AND j.state <> 'running' ORDER BY j.id LIMIT $7 FOR UPDATE)
-DELETE FROM jobs USING batch WHERE jobs.id = batch.id"
+    " AND j.state <> 'running' AND j.id > $7 AND j.id <= $8 ORDER BY j.id LIMIT $9 FOR UPDATE),
+done AS (DELETE FROM jobs USING batch WHERE jobs.id = batch.id RETURNING jobs.id)
+SELECT (SELECT count(*) FROM batch), (SELECT max(id) FROM batch), (SELECT count(*) FROM done),
+       ARRAY[]::text[]"
 );
 
 /// Delete every job matching `filter` except running ones (cancel those first), `batch`
@@ -160,18 +176,19 @@ const BULK_RETRY: &str = concat!(
   SELECT j.id, j.unique_key FROM jobs j WHERE ",
     job_filter!(),
     " AND j.state IN ('scheduled', 'retryable', 'completed', 'discarded', 'cancelled')
+    AND j.id > $7 AND j.id <= $8
     AND (j.unique_key IS NULL OR NOT EXISTS (
           SELECT 1 FROM jobs o
            WHERE o.unique_key = j.unique_key
              AND o.state IN ('available', 'scheduled', 'running', 'retryable') AND o.id <> j.id))
-  ORDER BY j.id LIMIT $7 FOR UPDATE),
+  ORDER BY j.id LIMIT $9 FOR UPDATE),
 pick AS (SELECT min(id) AS id FROM batch GROUP BY coalesce(unique_key, id::text)),
 retried AS (
   UPDATE jobs j SET state = 'available', run_at = now(), finished_at = NULL,
                     max_attempts = greatest(j.max_attempts, j.attempt + 1)
     FROM pick WHERE j.id = pick.id
   RETURNING j.queue)
-SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM retried),
+SELECT (SELECT count(*) FROM batch), (SELECT max(id) FROM batch), (SELECT count(*) FROM retried),
        ARRAY(SELECT DISTINCT queue FROM retried)"
 );
 
@@ -179,65 +196,60 @@ SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM retried),
 /// a fresh attempt if it had used its budget), `batch` rows per statement, waking the
 /// workers of the queues concerned. Running and available jobs are left alone, and of jobs
 /// sharing a unique key only one is retried, never one whose key an unfinished job holds.
-/// Returns how many were retried.
+/// Each job is retried at most once per call, even if it runs and matches again before the
+/// call ends. Returns how many were retried.
 pub async fn bulk_retry(
     client: &impl GenericClient,
     filter: &JobFilter,
     batch: i64,
 ) -> Result<u64> {
-    let stmt = client.prepare_cached(BULK_RETRY).await?;
-    let mut total = 0;
-    loop {
-        let row = client
-            .query_one(&stmt, &filter_params(filter, &batch))
-            .await?;
-        let (seen, retried, queues): (i64, i64, Vec<String>) = (row.get(0), row.get(1), row.get(2));
-        total += retried as u64;
-        for queue in &queues {
-            client
-                .execute("SELECT pg_notify($1, $2)", &[&NOTIFY_CHANNEL, queue])
-                .await?;
-        }
-        if seen < batch {
-            return Ok(total);
-        }
-    }
+    in_batches(client, BULK_RETRY, filter, batch).await
 }
 
-/// Run `sql` (a bulk action on at most `batch` rows matching `filter`) until a run touches
-/// fewer than `batch` rows. Returns how many rows it touched in all.
+/// Run `sql` (a bulk action on at most `batch` rows matching `filter` in an id range) from
+/// the oldest id to the newest at the start, until a run finds no row: a run can find fewer
+/// than `batch` and still not be the last, when rows it waited for changed under it. Wakes
+/// the workers of the queues it reports. Returns how many rows it changed in all.
 async fn in_batches(
     client: &impl GenericClient,
     sql: &str,
     filter: &JobFilter,
     batch: i64,
 ) -> Result<u64> {
+    let newest: i64 = client.query_one(NEWEST_ID, &[]).await?.get(0);
     let stmt = client.prepare_cached(sql).await?;
+    let mut after = 0_i64;
     let mut total = 0;
     loop {
-        let n = client
-            .execute(&stmt, &filter_params(filter, &batch))
+        let row = client
+            .query_one(
+                &stmt,
+                &[
+                    &filter.queue,
+                    &filter.kind,
+                    &filter.state,
+                    &filter.tag,
+                    &filter.created_after,
+                    &filter.created_before,
+                    &after,
+                    &newest,
+                    &batch,
+                ],
+            )
             .await?;
-        total += n;
-        if n < batch as u64 {
-            return Ok(total);
+        let (seen, last, changed, queues): (i64, Option<i64>, i64, Vec<String>) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        total += changed as u64;
+        for queue in &queues {
+            client
+                .execute("SELECT pg_notify($1, $2)", &[&NOTIFY_CHANNEL, queue])
+                .await?;
+        }
+        match last {
+            Some(last) if seen > 0 => after = last,
+            _ => return Ok(total),
         }
     }
-}
-
-fn filter_params<'a>(
-    f: &'a JobFilter,
-    batch: &'a i64,
-) -> [&'a (dyn postgres_types::ToSql + Sync); 7] {
-    [
-        &f.queue,
-        &f.kind,
-        &f.state,
-        &f.tag,
-        &f.created_after,
-        &f.created_before,
-        batch,
-    ]
 }
 
 /// One queue's state for operators.

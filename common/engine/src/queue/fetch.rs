@@ -119,3 +119,42 @@ pub async fn hand_back(client: &impl GenericClient, ids: &[i64], worker: &str) -
     }
     Ok(total)
 }
+
+const HAND_BACK_UNSEEN: &str = "
+WITH back AS (
+  UPDATE jobs
+     SET state = 'available', attempt = attempt - 1, lease_expires_at = NULL
+   WHERE queue = $1 AND attempted_by = $2 AND state = 'running'
+     AND attempted_at >= now() - make_interval(secs => $5)
+     AND (id, attempt) NOT IN (SELECT * FROM unnest($3::bigint[], $4::int4[]))
+  RETURNING 1)
+SELECT count(*) FROM back";
+
+/// After a fetch of `queue` by `worker` failed on a lost connection, which may have claimed
+/// jobs whose reply never arrived: give back, as [`hand_back`] does, the running jobs of that
+/// queue attempted by `worker` within the last `within` that are not among the attempts it
+/// holds (`held`: job ids and attempts). No handler saw them, so no attempt is spent.
+/// Returns how many went back.
+pub async fn hand_back_unseen(
+    client: &impl GenericClient,
+    queue: &str,
+    worker: &str,
+    held: &[(i64, i32)],
+    within: Duration,
+) -> Result<u64> {
+    let (ids, attempts): (Vec<i64>, Vec<i32>) = held.iter().copied().unzip();
+    let stmt = client.prepare_cached(HAND_BACK_UNSEEN).await?;
+    let row = client
+        .query_one(
+            &stmt,
+            &[&queue, &worker, &ids, &attempts, &within.as_secs_f64()],
+        )
+        .await?;
+    let n = row.get::<_, i64>(0) as u64;
+    if n > 0 {
+        client
+            .execute("SELECT pg_notify($1, $2)", &[&NOTIFY_CHANNEL, &queue])
+            .await?;
+    }
+    Ok(n)
+}
