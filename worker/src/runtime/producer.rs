@@ -5,13 +5,20 @@
 //! its lease is not spent waiting. It wakes on a notification for its queue, on a poll tick
 //! (the fallback, and the only wake-up in polling-only mode), or straight away after a full
 //! batch, since more jobs are probably waiting.
+//!
+//! A queue with a concurrency limit is fetched by the limited fetch, which takes the queue's
+//! lock in PostgreSQL; every other queue by the one-statement fetch. Which one is decided
+//! from the queue's limits, read again at most every [`LIMITS_REFRESH`]: the one-statement
+//! fetch refuses a limited queue, so a producer that has not yet seen a new limit fetches
+//! nothing rather than too much. A job of a limited queue that stops running wakes the
+//! queue's workers (a trigger in the database), so a freed slot is taken at once.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 use engine::config::{ConfigError, Source, millis, positive};
-use engine::queue::{FetchedJob, fetch};
+use engine::queue::{FetchedJob, fetch, limits};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -44,6 +51,9 @@ pub const DEFAULT_LEASE_MS: u64 = 30_000;
 pub const MIN_LEASE_MS: u64 = 300;
 /// Default `WORKER_POLL_INTERVAL_MS`.
 pub const DEFAULT_POLL_INTERVAL_MS: u64 = 1_000;
+/// How long a producer trusts what it read of its queue's limits: a limit set or removed at
+/// run time changes the fetch it uses within this (and the poll interval).
+pub const LIMITS_REFRESH: Duration = Duration::from_secs(1);
 
 impl ProducerSettings {
     /// Read and validate. `queues` and `concurrency` are the command-line flags, which win over
@@ -160,6 +170,7 @@ impl Producer {
     /// Fetch until `stop`.
     pub async fn run(self, stop: CancellationToken) {
         let mut error_delay = Duration::from_millis(100);
+        let mut limited = Limited::default();
         loop {
             // Wait for a free slot, then take every free slot up to a batch.
             let first = tokio::select! {
@@ -172,7 +183,7 @@ impl Producer {
                 p.forget();
             }
             let want = extra + 1;
-            let fetched = self.fetch(want).await;
+            let fetched = self.fetch(want, &mut limited).await;
             let got = fetched.as_ref().map_or(0, Vec::len);
             self.slots.add_permits(want - got);
             match fetched {
@@ -208,10 +219,29 @@ impl Producer {
         }
     }
 
-    async fn fetch(&self, limit: usize) -> Result<Vec<FetchedJob>, engine::db::DbError> {
-        let conn = self.pool.get().await?;
-        fetch::fetch(&conn, &self.queue, &self.worker, self.lease, limit).await
+    async fn fetch(
+        &self,
+        limit: usize,
+        limited: &mut Limited,
+    ) -> Result<Vec<FetchedJob>, engine::db::DbError> {
+        let mut conn = self.pool.get().await?;
+        if limited.read_at.is_none_or(|at| at.elapsed() >= LIMITS_REFRESH) {
+            limited.yes = limits::get(&conn, &self.queue).await?.is_limited();
+            limited.read_at = Some(Instant::now());
+        }
+        if limited.yes {
+            fetch::fetch_limited(&mut conn, &self.queue, &self.worker, self.lease, limit).await
+        } else {
+            fetch::fetch(&conn, &self.queue, &self.worker, self.lease, limit).await
+        }
     }
+}
+
+/// Whether the queue has a limit, as last read.
+#[derive(Default)]
+struct Limited {
+    yes: bool,
+    read_at: Option<Instant>,
 }
 
 #[cfg(test)]
