@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 use engine::config::{ConfigError, Source, millis, positive};
+use engine::names::QueueName;
+use engine::queue::limits::{KeyPath, QueueLimits};
 use engine::queue::{FetchedJob, fetch, limits};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -37,6 +39,9 @@ pub struct ProducerSettings {
     /// Fallback poll of each queue when no notification arrives (and the only wake-up in
     /// polling-only mode).
     pub poll_interval: Duration,
+    /// Default concurrency limits (`WORKER_QUEUE_LIMITS`), written at start for each queue
+    /// whose limits no operator has set through the API.
+    pub limit_defaults: Vec<(QueueName, QueueLimits)>,
 }
 
 /// Default `WORKER_CONCURRENCY`: job slots per queue.
@@ -95,6 +100,7 @@ impl ProducerSettings {
             fetch_batch: positive(src, "WORKER_FETCH_BATCH", DEFAULT_FETCH_BATCH)? as usize,
             lease,
             poll_interval: millis(src, "WORKER_POLL_INTERVAL_MS", DEFAULT_POLL_INTERVAL_MS)?,
+            limit_defaults: parse_limits(&src.get("WORKER_QUEUE_LIMITS").unwrap_or_default())?,
         })
     }
 
@@ -136,6 +142,45 @@ fn parse_queues(raw: &str, default_slots: usize) -> Result<Vec<(String, usize)>,
     }
     if out.is_empty() {
         return Err(ConfigError::new("WORKER_QUEUES", "names no queue"));
+    }
+    Ok(out)
+}
+
+/// `uploads max_running=3; forecasts per_key=1 key=args.outlet_id`: default limits per
+/// queue, `;` between queues.
+fn parse_limits(raw: &str) -> Result<Vec<(QueueName, QueueLimits)>, ConfigError> {
+    const NAME: &str = "WORKER_QUEUE_LIMITS";
+    let mut out: Vec<(QueueName, QueueLimits)> = Vec::new();
+    for part in raw.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = |why: String| ConfigError::new(NAME, format!("{part:?}: {why}"));
+        let mut words = part.split_whitespace();
+        let queue =
+            QueueName::parse(words.next().unwrap_or_default()).map_err(|e| bad(e.to_string()))?;
+        let mut limits = QueueLimits::default();
+        for word in words {
+            let (k, v) = word
+                .split_once('=')
+                .ok_or_else(|| bad(format!("{word:?} is not key=value")))?;
+            let n = || {
+                v.parse::<i32>()
+                    .ok()
+                    .filter(|&n| n >= 1)
+                    .ok_or_else(|| bad(format!("{k} must be a positive integer")))
+            };
+            match k {
+                "max_running" => limits.max_running = Some(n()?),
+                "per_key" => limits.max_running_per_key = Some(n()?),
+                "key" => limits.key_path = Some(KeyPath::parse(v).map_err(|e| bad(e.to_string()))?),
+                _ => return Err(bad(format!("unknown limit {k:?}"))),
+            }
+        }
+        if !limits.is_limited() {
+            return Err(bad("sets neither max_running nor per_key".into()));
+        }
+        if out.iter().any(|(q, _)| *q == queue) {
+            return Err(bad("the queue is listed twice".into()));
+        }
+        out.push((queue, limits));
     }
     Ok(out)
 }
@@ -197,7 +242,9 @@ impl Producer {
                             return; // the worker has stopped; held jobs are handed back
                         }
                     }
-                    if got == want {
+                    // A limited fetch may stop short at a window of rows whose keys are busy;
+                    // the next one skips those keys, so go on while fetches make progress.
+                    if got == want || (limited.yes && got > 0) {
                         continue;
                     }
                 }
@@ -225,7 +272,10 @@ impl Producer {
         limited: &mut Limited,
     ) -> Result<Vec<FetchedJob>, engine::db::DbError> {
         let mut conn = self.pool.get().await?;
-        if limited.read_at.is_none_or(|at| at.elapsed() >= LIMITS_REFRESH) {
+        if limited
+            .read_at
+            .is_none_or(|at| at.elapsed() >= LIMITS_REFRESH)
+        {
             limited.yes = limits::get(&conn, &self.queue).await?.is_limited();
             limited.read_at = Some(Instant::now());
         }
@@ -310,6 +360,35 @@ mod tests {
         ] {
             let err = settings(&env, queues, conc).unwrap_err();
             assert_eq!(err.name, name, "{err}");
+        }
+    }
+
+    #[test]
+    fn default_limits_parse_and_bad_ones_are_named() {
+        let s = settings(
+            &[(
+                "WORKER_QUEUE_LIMITS",
+                "uploads max_running=3; forecasts per_key=1 key=args.outlet_id;",
+            )],
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(s.limit_defaults.len(), 2);
+        assert_eq!(s.limit_defaults[0].1.max_running, Some(3));
+        let f = &s.limit_defaults[1].1;
+        assert_eq!(f.max_running_per_key, Some(1));
+        assert_eq!(f.key_path.as_ref().unwrap().to_string(), "args.outlet_id");
+        for bad in [
+            "uploads",
+            "uploads max_running=0",
+            "uploads max=3",
+            "uploads per_key=1 key=outlet_id",
+            "a b max_running=1",
+            "a max_running=1; a per_key=1",
+        ] {
+            let err = settings(&[("WORKER_QUEUE_LIMITS", bad)], None, None).unwrap_err();
+            assert_eq!(err.name, "WORKER_QUEUE_LIMITS", "{bad}: {err}");
         }
     }
 }

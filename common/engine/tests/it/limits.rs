@@ -158,7 +158,11 @@ async fn a_per_key_limit_holds_per_key_and_a_busy_key_blocks_no_other() {
 
     // Both limits: the queue limit caps the total.
     set(&conn, "pk", Some(6), Some(200)).await;
-    assert_eq!(take(&mut conn, "pk", 100).await.len(), 0, "6 running already");
+    assert_eq!(
+        take(&mut conn, "pk", 100).await.len(),
+        0,
+        "6 running already"
+    );
     set(&conn, "pk", Some(10), Some(200)).await;
     assert_eq!(take(&mut conn, "pk", 100).await.len(), 4);
 }
@@ -205,7 +209,14 @@ async fn concurrent_fetchers_never_exceed_the_limits() {
     let db = TestDb::new().await;
     let pool = pool_of(&db.url, 10);
     let conn = pool.get().await.unwrap();
-    add(&conn, "race", 300, |i| Some(format!("k{}", i % 5)), |_| None).await;
+    add(
+        &conn,
+        "race",
+        300,
+        |i| Some(format!("k{}", i % 5)),
+        |_| None,
+    )
+    .await;
     set(&conn, "race", Some(4), Some(1)).await;
     drop(conn);
 
