@@ -95,7 +95,11 @@ impl Serialize for KeyPath {
     }
 }
 
-fn from_row(max: Option<i32>, per_key: Option<i32>, path: Option<Vec<String>>) -> QueueLimits {
+pub(super) fn from_row(
+    max: Option<i32>,
+    per_key: Option<i32>,
+    path: Option<Vec<String>>,
+) -> QueueLimits {
     QueueLimits {
         max_running: max,
         max_running_per_key: per_key,
