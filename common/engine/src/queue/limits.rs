@@ -238,10 +238,10 @@ mod tests {
 
     #[test]
     fn key_paths_parse_and_print_back() {
-        let p = KeyPath::parse("args.outlet.id").unwrap();
-        assert_eq!(p.segments(), ["outlet", "id"]);
-        assert_eq!(p.to_string(), "args.outlet.id");
-        for bad in ["outlet_id", "args.", "args.a..b", "args.a b", "args.$x"] {
+        let p = KeyPath::parse("args.account.id").unwrap();
+        assert_eq!(p.segments(), ["account", "id"]);
+        assert_eq!(p.to_string(), "args.account.id");
+        for bad in ["account_id", "args.", "args.a..b", "args.a b", "args.$x"] {
             assert!(KeyPath::parse(bad).is_err(), "{bad}");
         }
     }
