@@ -208,6 +208,13 @@ impl Runtime {
             connect(&fetch_pool, n_queues),
             connect(&outcome_pool, 1),
         )?;
+        if !settings.producer.limit_defaults.is_empty() {
+            engine::queue::limits::set_defaults(
+                &pool.get().await?,
+                &settings.producer.limit_defaults,
+            )
+            .await?;
+        }
         let handlers = handlers.with_guards(breaker::Guards::new(
             pool.clone(),
             settings.services.clone(),

@@ -7,6 +7,7 @@ mod breakers;
 mod cloudinary;
 mod e2e;
 mod harness;
+mod limits;
 mod maintenance;
 mod new_kind;
 mod outcomes;

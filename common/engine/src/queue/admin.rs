@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::counts;
 use super::job::{JOB_COLUMNS, JobRow, JobState};
+use super::limits::QueueLimits;
 use super::{NOTIFY_CHANNEL, Result};
 use crate::names::QueueName;
 
@@ -267,20 +268,26 @@ pub struct QueueStats {
     pub completed_per_minute: f64,
     /// Jobs discarded (failed for good) per minute, averaged over the last hour.
     pub failed_per_minute: f64,
+    /// Its concurrency limits.
+    pub limits: QueueLimits,
 }
 
-const PAUSED: &str = "SELECT name, paused FROM queues";
+const PAUSED: &str = "SELECT name, paused, max_running, max_running_per_key, concurrency_key_path
+  FROM queues";
 
 /// Every queue that has jobs or settings, by name. Reads the maintained counts (see
 /// [`super::counts`]), never the whole jobs table, so it stays fast with millions of jobs.
 pub async fn queue_stats(client: &impl GenericClient) -> Result<Vec<QueueStats>> {
     let depth = depth(client).await?;
     let finished = counts::finished_since(client, HOUR).await?;
-    let paused: BTreeMap<String, bool> = client
+    let settings: BTreeMap<String, (bool, QueueLimits)> = client
         .query(PAUSED, &[])
         .await?
         .iter()
-        .map(|r| (r.get(0), r.get(1)))
+        .map(|r| {
+            let limits = super::limits::from_row(r.get(2), r.get(3), r.get(4));
+            (r.get(0), (r.get(1), limits))
+        })
         .collect();
     let with_available: Vec<String> = depth
         .iter()
@@ -294,7 +301,7 @@ pub async fn queue_stats(client: &impl GenericClient) -> Result<Vec<QueueStats>>
     let names: BTreeSet<String> = depth
         .iter()
         .map(|d| d.queue.clone())
-        .chain(paused.keys().cloned())
+        .chain(settings.keys().cloned())
         .collect();
     let per_minute = |n: i64| n as f64 / 60.0;
     Ok(names
@@ -311,8 +318,10 @@ pub async fn queue_stats(client: &impl GenericClient) -> Result<Vec<QueueStats>>
                 })
                 .collect();
             let done = finished.iter().find(|f| f.queue == name);
+            let (paused, limits) = settings.get(&name).cloned().unwrap_or_default();
             QueueStats {
-                paused: paused.get(&name).copied().unwrap_or(false),
+                paused,
+                limits,
                 counts,
                 oldest_available_age_s: oldest.get(&name).copied(),
                 completed_per_minute: done.map_or(0.0, |f| per_minute(f.completed)),
