@@ -1,5 +1,6 @@
-//! `api`: serve the HTTP API (`api`), apply migrations (`api migrate`), or print the OpenAPI
-//! spec (`api openapi`).
+//! `api`: serve the HTTP API (`api`), apply migrations (`api migrate`), print the OpenAPI
+//! spec (`api openapi`), or check a running process (`api healthcheck`, the container's
+//! health check: the image has no shell and no curl).
 
 use api::config::{EnvWithDotenv, Settings};
 use clap::{Parser, Subcommand};
@@ -18,6 +19,13 @@ enum Command {
     Migrate,
     /// Print the OpenAPI spec (what `openapi.json` holds).
     Openapi,
+    /// Exit 0 if `GET /health` on this host's `PORT` (or `--url`) answers 2xx within 2 s;
+    /// else print why and exit 1. Reads no other setting.
+    Healthcheck {
+        /// What to ask instead, e.g. a worker's `http://127.0.0.1:9090/metrics`.
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Create an admin user. The password is read from ADMIN_PASSWORD, else from the first
     /// line of standard input.
     CreateAdmin {
@@ -30,9 +38,19 @@ enum Command {
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    if let Some(Command::Openapi) = cli.command {
-        print!("{}", api::spec_json());
-        return;
+    match &cli.command {
+        Some(Command::Openapi) => {
+            print!("{}", api::spec_json());
+            return;
+        }
+        Some(Command::Healthcheck { url }) => match healthcheck(url.clone()).await {
+            Ok(()) => return,
+            Err(e) => {
+                eprintln!("api healthcheck: {e:#}");
+                std::process::exit(1);
+            }
+        },
+        _ => {}
     }
     // Only serving signs tokens: `migrate` and `create-admin` leave the key alone.
     let settings = match load_settings(cli.command.is_none()) {
@@ -83,7 +101,7 @@ async fn run(command: Option<Command>, settings: Settings) -> anyhow::Result<()>
             }
             anyhow::bail!("a user named {username} already exists");
         }
-        Some(Command::Openapi) | None => {}
+        Some(Command::Openapi | Command::Healthcheck { .. }) | None => {}
     }
     if let Some((username, password)) = settings.bootstrap_admin() {
         let created = api::auth::ensure_admin(&pool, username, password.expose()).await?;
@@ -112,4 +130,33 @@ fn read_password_line() -> anyhow::Result<String> {
         "no password: set ADMIN_PASSWORD or pipe it on standard input"
     );
     Ok(password)
+}
+
+/// `GET url` (default: `/health` on `PORT`, else `API_PORT`, else 8080, on 127.0.0.1).
+async fn healthcheck(url: Option<String>) -> anyhow::Result<()> {
+    let url = match url {
+        Some(url) => url,
+        None => {
+            let port = std::env::var("PORT")
+                .or_else(|_| std::env::var("API_PORT"))
+                .unwrap_or_else(|_| "8080".into());
+            let port: u16 = port
+                .trim()
+                .parse()
+                .map_err(|_| anyhow::anyhow!("PORT {port:?} is not a port number"))?;
+            format!("http://127.0.0.1:{port}/health")
+        }
+    };
+    let answer = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(2))
+        .build()?
+        .get(&url)
+        .send()
+        .await?;
+    anyhow::ensure!(
+        answer.status().is_success(),
+        "{url} answered {}",
+        answer.status()
+    );
+    Ok(())
 }

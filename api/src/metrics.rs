@@ -1,5 +1,6 @@
 //! Prometheus metrics of the API, served at `/metrics`: requests by route template and
-//! status, a latency histogram, the pool, and queue depth by queue and state.
+//! status, a latency histogram, the pool, queue depth by queue and state, and the use of
+//! queues' concurrency limits.
 //!
 //! Each app owns its recorder rather than installing a global one: a process (a test binary)
 //! may build many apps, and a global recorder can be installed only once. Recording goes
@@ -10,6 +11,7 @@ use std::sync::Mutex;
 
 use engine::queue::JobState;
 use engine::queue::admin::QueueDepth;
+use engine::queue::limits::LimitUsage;
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
@@ -27,6 +29,8 @@ pub struct Metrics {
     /// Queues reported before: a queue whose jobs are all gone is reported as zeros rather
     /// than keeping its last counts.
     queues: Mutex<BTreeSet<String>>,
+    /// Queues reported with limits before, likewise.
+    limited: Mutex<BTreeSet<String>>,
 }
 
 impl Default for Metrics {
@@ -47,6 +51,7 @@ impl Metrics {
             recorder,
             handle,
             queues: Mutex::new(BTreeSet::new()),
+            limited: Mutex::new(BTreeSet::new()),
         }
     }
 
@@ -99,6 +104,27 @@ impl Metrics {
                     )
                     .set(count as f64);
                 }
+            }
+        });
+    }
+
+    /// Concurrency limits at scrape time, per limited queue: `quayside_queue_limit_max_running`
+    /// (0 when only keys are limited), `quayside_queue_limit_running` (its running jobs) and
+    /// `quayside_queue_limit_waiting` (available jobs a limit holds back). A queue whose limits
+    /// were removed reads 0 on all three.
+    pub fn queue_limits(&self, usage: &[LimitUsage]) {
+        let mut limited = self.limited.lock().expect("metrics lock");
+        limited.extend(usage.iter().map(|u| u.queue.clone()));
+        metrics::with_local_recorder(&self.recorder, || {
+            for queue in limited.iter() {
+                let u = usage.iter().find(|u| &u.queue == queue);
+                let max = u.and_then(|u| u.limits.max_running).unwrap_or(0);
+                gauge!("quayside_queue_limit_max_running", "queue" => queue.clone())
+                    .set(f64::from(max));
+                gauge!("quayside_queue_limit_running", "queue" => queue.clone())
+                    .set(u.map_or(0, |u| u.running) as f64);
+                gauge!("quayside_queue_limit_waiting", "queue" => queue.clone())
+                    .set(u.map_or(0, |u| u.waiting) as f64);
             }
         });
     }

@@ -152,21 +152,28 @@ impl Probes {
     }
 
     /// Prometheus metrics (text format): requests by route and status, latency, the pool,
-    /// and jobs by queue and state. Queue depth is left out of a scrape when the database
+    /// jobs by queue and state, and the concurrency limits' use. Queue depth is left out of a scrape when the database
     /// does not answer within a second.
     #[oai(path = "/metrics", method = "get")]
     async fn metrics(&self) -> PlainText<String> {
         self.metrics.pool(self.pool.status());
         let depth = tokio::time::timeout(PROBE_TIMEOUT, async {
             let conn = self.pool.get().await.map_err(|e| e.to_string())?;
-            engine::queue::admin::depth(&conn)
+            let depth = engine::queue::admin::depth(&conn)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?;
+            let usage = engine::queue::limits::usage(&conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((depth, usage))
         })
         .await
         .unwrap_or_else(|_| Err("timed out".into()));
         match depth {
-            Ok(depth) => self.metrics.queue_depth(&depth),
+            Ok((depth, usage)) => {
+                self.metrics.queue_depth(&depth);
+                self.metrics.queue_limits(&usage);
+            }
             Err(error) => tracing::warn!(%error, "queue depth not read for /metrics"),
         }
         PlainText(self.metrics.render())

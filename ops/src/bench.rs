@@ -11,6 +11,8 @@ use anyhow::Context;
 use clap::Subcommand;
 use deadpool_postgres::Pool;
 use engine::config::DatabaseSettings;
+use engine::names::QueueName;
+use engine::queue::limits::{self, QueueLimits};
 use engine::queue::{JobOptions, NewJob, enqueue, enqueue_many};
 use serde_json::json;
 use testkit::cluster::Durability;
@@ -36,6 +38,9 @@ pub enum Which {
     Drain {
         #[command(flatten)]
         drain: DrainArgs,
+        /// Also drain with a per-key limit of 1 over 1,000 keys, printed beside.
+        #[arg(long)]
+        key_limit: bool,
     },
     /// The HTTP API: `/health` throughput, and operator reads with millions of jobs.
     Api {
@@ -78,7 +83,10 @@ pub async fn run(which: Which) -> anyhow::Result<()> {
             drain: args,
             history,
         } => queue(&drain(args)?, *history).await,
-        Which::Drain { drain: args } => drain_only(&drain(args)?).await,
+        Which::Drain {
+            drain: args,
+            key_limit,
+        } => drain_only(&drain(args)?, *key_limit).await,
         Which::Api { jobs } => async { api::run(&db.url, &binary("api")?, *jobs).await }.await,
     };
     db.stop();
@@ -88,10 +96,23 @@ pub async fn run(which: Which) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn drain_only(drain: &Drain) -> anyhow::Result<serde_json::Value> {
+async fn drain_only(drain: &Drain, key_limit: bool) -> anyhow::Result<serde_json::Value> {
     let pool = engine::db::pool(&DatabaseSettings::for_url(&drain.url))?;
     engine::db::migrate(&pool).await?;
     let drain_per_s = drain.median(&pool, true).await?;
+    if key_limit {
+        let limited = drain.median_per_key(&pool).await?;
+        return Ok(json!({
+            "bench": "drain",
+            "cpu": cpu_model(),
+            "jobs": drain.args.jobs,
+            "worker_concurrency": drain.args.concurrency,
+            "drain_reps": drain.args.reps,
+            "drain_per_s": drain_per_s.round(),
+            "drain_per_s_key_limit_1": limited.round(),
+            "key_limit_keys": LIMIT_KEYS,
+        }));
+    }
     Ok(json!({
         "bench": "drain",
         "cpu": cpu_model(),
@@ -144,6 +165,11 @@ async fn queue(drain: &Drain, history: usize) -> anyhow::Result<serde_json::Valu
 
     let drain_per_s = drain.median(&pool, true).await?;
     eprintln!("bench: drain {drain_per_s:.0}/s (median)");
+    let drain_per_s_key_limit_1 = drain.median_per_key(&pool).await?;
+    eprintln!(
+        "bench: drain with a per-key limit of 1 over {LIMIT_KEYS} keys \
+         {drain_per_s_key_limit_1:.0}/s (median)"
+    );
 
     let (pickup_p50_ms, pickup_p99_ms) = pickup(&pool, url, worker_bin).await?;
     eprintln!("bench: pickup p50 {pickup_p50_ms:.2} ms, p99 {pickup_p99_ms:.2} ms");
@@ -181,11 +207,16 @@ async fn queue(drain: &Drain, history: usize) -> anyhow::Result<serde_json::Valu
         "enqueue_batch_per_s": enqueue_batch_per_s.round(),
         "enqueue_single_per_s": enqueue_single_per_s.round(),
         "drain_per_s": drain_per_s.round(),
+        "drain_per_s_key_limit_1": drain_per_s_key_limit_1.round(),
+        "key_limit_keys": LIMIT_KEYS,
         "pickup_p50_ms": (pickup_p50_ms * 100.0).round() / 100.0,
         "pickup_p99_ms": (pickup_p99_ms * 100.0).round() / 100.0,
         "drain_per_s_1m_history": drain_per_s_1m_history.round(),
     }))
 }
+
+/// Keys of the per-key-limited drain: its jobs take them in turn, each may run one at a time.
+const LIMIT_KEYS: usize = 1000;
 
 fn noop(args: serde_json::Value) -> NewJob {
     NewJob::from_json(&engine::jobs::noop::SPEC, args)
@@ -234,10 +265,35 @@ impl Drain {
             if empty {
                 reset(pool).await?;
             }
-            let rate = drain_queued(pool, self).await?;
+            let rate = drain_queued(pool, self, None).await?;
             eprintln!("bench: one drain {rate:.0}/s");
             rates.push(rate);
         }
+        rates.sort_by(f64::total_cmp);
+        Ok(rates[rates.len() / 2])
+    }
+
+    /// Like [`Drain::median`] from an empty table, with the queue limited to one running job
+    /// per key and the jobs spread over [`LIMIT_KEYS`] keys: the limited fetch's cost.
+    async fn median_per_key(&self, pool: &Pool) -> anyhow::Result<f64> {
+        let queue: QueueName = "default".parse().expect("a queue name");
+        let per_key = QueueLimits {
+            max_running_per_key: Some(1),
+            ..Default::default()
+        };
+        limits::set(&pool.get().await?, &queue, &per_key).await?;
+        let mut rates = Vec::with_capacity(self.args.reps.into());
+        for _ in 0..self.args.reps {
+            reset(pool).await?;
+            let rate = drain_queued(pool, self, Some(LIMIT_KEYS)).await;
+            if rate.is_err() {
+                limits::set(&pool.get().await?, &queue, &QueueLimits::default()).await?;
+            }
+            let rate = rate?;
+            eprintln!("bench: one per-key drain {rate:.0}/s");
+            rates.push(rate);
+        }
+        limits::set(&pool.get().await?, &queue, &QueueLimits::default()).await?;
         rates.sort_by(f64::total_cmp);
         Ok(rates[rates.len() / 2])
     }
@@ -245,10 +301,16 @@ impl Drain {
 
 /// Enqueue `jobs` noops (on top of whatever the table holds) and time one worker process
 /// draining them: jobs per second from the worker's start to the last completion in the
-/// database.
-async fn drain_queued(pool: &Pool, d: &Drain) -> anyhow::Result<f64> {
+/// database. With `keys`, job `i` gets the concurrency key `k{i % keys}`.
+async fn drain_queued(pool: &Pool, d: &Drain, keys: Option<usize>) -> anyhow::Result<f64> {
     let (url, worker_bin, jobs) = (&d.url, &d.worker_bin, d.args.jobs);
-    let batch: Vec<NewJob> = (0..jobs).map(|_| noop(json!({}))).collect();
+    let batch: Vec<NewJob> = (0..jobs)
+        .map(|i| {
+            let mut job = noop(json!({}));
+            job.opts.concurrency_key = keys.map(|k| format!("k{}", i % k));
+            job
+        })
+        .collect();
     enqueue_many(&pool.get().await?, &batch).await?;
     let c = pool.get().await?;
     c.batch_execute("VACUUM ANALYZE jobs").await?;

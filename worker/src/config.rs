@@ -84,6 +84,11 @@ mod tests {
                 None,
                 "WORKER_SHUTDOWN_TIMEOUT_MS",
             ),
+            (
+                vec![("WORKER_RETRY_AFTER_MAX_MS", "0")],
+                None,
+                "WORKER_RETRY_AFTER_MAX_MS",
+            ),
             (vec![("METRICS_PORT", "99999")], None, "METRICS_PORT"),
             (
                 vec![("JOB_RETENTION_HOURS", "18446744073709551615")],

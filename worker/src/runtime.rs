@@ -64,9 +64,13 @@ pub struct RuntimeSettings {
     /// Whether the worker's own state changes (fetch, outcomes, lease renewals) wait for
     /// their WAL to reach disk (`WORKER_SYNCHRONOUS_COMMIT`); see `engine::db::batch_pool`.
     pub synchronous_commit: bool,
-    /// How long in-flight jobs may run on after SIGTERM before they are handed back
-    /// (`WORKER_SHUTDOWN_TIMEOUT_MS`).
+    /// The whole shutdown, from SIGTERM to exit (`WORKER_SHUTDOWN_TIMEOUT_MS`): in-flight
+    /// jobs get all of it but [`shutdown_reserve`]; the final outcome writes and the hand-back
+    /// get the rest, and are cut off at the end even if the database does not answer.
     pub shutdown_timeout: Duration,
+    /// The longest wait a handler can ask for before the next run, through a `Retry-After`
+    /// or a snooze (`WORKER_RETRY_AFTER_MAX_MS`).
+    pub retry_after_max: Duration,
     /// Maintenance intervals and limits.
     pub maintenance: MaintenanceSettings,
     /// Periodic jobs: those registered in code and those of `PERIODIC_JOBS`.
@@ -90,8 +94,16 @@ pub struct Registry {
     pub services: &'static [NamedService],
 }
 
-/// Default `WORKER_SHUTDOWN_TIMEOUT_MS`.
-pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 30_000;
+/// Default `WORKER_SHUTDOWN_TIMEOUT_MS`: 25 s, so the whole shutdown ends within
+/// Kubernetes' default grace period of 30 s, with room for the process to exit.
+pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 25_000;
+
+/// The part of the shutdown budget kept for the final outcome writes, the hand-back and
+/// deregistering: a fifth, at most 5 s. On a healthy database they take milliseconds; the
+/// reserve only matters when it is slow or gone, and then the jobs are rescued later.
+pub fn shutdown_reserve(budget: Duration) -> Duration {
+    (budget / 5).min(Duration::from_secs(5))
+}
 
 impl RuntimeSettings {
     /// Read and validate. `queues` and `concurrency` are the command-line flags, which win over
@@ -113,6 +125,11 @@ impl RuntimeSettings {
                 src,
                 "WORKER_SHUTDOWN_TIMEOUT_MS",
                 DEFAULT_SHUTDOWN_TIMEOUT_MS,
+            )?,
+            retry_after_max: millis(
+                src,
+                "WORKER_RETRY_AFTER_MAX_MS",
+                backend::DEFAULT_RETRY_AFTER_MAX_MS,
             )?,
             maintenance: MaintenanceSettings::from_source(src)?,
             periodic,
@@ -191,6 +208,13 @@ impl Runtime {
             connect(&fetch_pool, n_queues),
             connect(&outcome_pool, 1),
         )?;
+        if !settings.producer.limit_defaults.is_empty() {
+            engine::queue::limits::set_defaults(
+                &pool.get().await?,
+                &settings.producer.limit_defaults,
+            )
+            .await?;
+        }
         let handlers = handlers.with_guards(breaker::Guards::new(
             pool.clone(),
             settings.services.clone(),
@@ -225,11 +249,12 @@ impl Runtime {
             4 * settings.producer.total_concurrency().max(1000),
         );
         let completer_stop = CancellationToken::new();
-        let completer_task = tokio::spawn(completer.run(completer_stop.clone()));
+        let mut completer_task = tokio::spawn(completer.run(completer_stop.clone()));
 
         let mut tasks = tokio::task::JoinSet::new();
         let mut wakers = HashMap::new();
-        let mut monitor = Monitor::new().shutdown_timeout(settings.shutdown_timeout);
+        let budget = settings.shutdown_timeout;
+        let mut monitor = Monitor::new().shutdown_timeout(budget - shutdown_reserve(budget));
         for (queue, slots) in &settings.producer.queues {
             let queue: Arc<str> = queue.as_str().into();
             let sem = Arc::new(Semaphore::new(*slots));
@@ -257,6 +282,7 @@ impl Runtime {
                 completer_handle.clone(),
                 handlers.clone(),
                 queue_metrics,
+                settings.retry_after_max,
             );
             let name = format!("{worker}/{queue}");
             let handlers = handlers.clone();
@@ -302,10 +328,12 @@ impl Runtime {
             services.clone(),
         ));
 
+        let stopped_at = Arc::new(std::sync::OnceLock::new());
         let signal = {
-            let stop = stop.clone();
+            let (stop, stopped_at) = (stop.clone(), stopped_at.clone());
             async move {
                 stop.cancelled().await;
+                let _ = stopped_at.set(tokio::time::Instant::now());
                 tracing::info!("shutting down: no new jobs; waiting for jobs in flight");
                 Ok(())
             }
@@ -314,27 +342,56 @@ impl Runtime {
             tracing::error!(error = %e, "worker monitor failed");
         }
 
-        // Every apalis worker has stopped: write the outcomes still queued, then hand back what is
-        // held (jobs cut off by the deadline, and fetched jobs that never started).
+        // Every apalis worker has stopped. What follows is bounded by the shutdown budget, a
+        // lost database included: whatever cannot be written by then stays `running` under
+        // this worker and is rescued once its lease lapses (run again, never lost).
+        let deadline = *stopped_at.get_or_init(tokio::time::Instant::now) + budget;
+        // Write the outcomes still queued, in the first half of what is left...
+        let flush_by =
+            deadline - deadline.saturating_duration_since(tokio::time::Instant::now()) / 2;
         completer_stop.cancel();
-        let _ = completer_task.await;
+        let flush = tokio::time::timeout_at(flush_by, &mut completer_task).await;
+        if flush.is_err() {
+            completer_task.abort();
+            tracing::error!(
+                "out of time writing outcomes; their jobs will be rescued when their leases expire"
+            );
+        }
+        // ...then hand back what is held (jobs cut off by the deadline, fetched jobs that
+        // never started, and jobs whose outcome could not be written: they run again).
         let rest = held.ids();
         if !rest.is_empty() {
-            match handback(&pool, &rest, &worker).await {
-                Ok(n) => tracing::info!(
+            match tokio::time::timeout_at(deadline, handback(&pool, &rest, &worker)).await {
+                Ok(Ok(n)) => tracing::info!(
                     num_handed_back = n,
                     "handed unfinished jobs back to the queue"
                 ),
-                Err(e) => {
+                Ok(Err(e)) => {
                     tracing::error!(error = %e, num_jobs = rest.len(), "cannot hand jobs back; they will be rescued when their leases expire")
+                }
+                Err(_) => {
+                    tracing::error!(
+                        num_jobs = rest.len(),
+                        "out of time handing jobs back; they will be rescued when their leases expire"
+                    )
                 }
             }
         }
         services.cancel();
-        while tasks.join_next().await.is_some() {}
-        if let Ok(conn) = pool.get().await {
-            let _ = engine::queue::maintenance::deregister(&conn, &worker).await;
+        if tokio::time::timeout_at(deadline, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await
+        .is_err()
+        {
+            tasks.abort_all();
         }
+        let _ = tokio::time::timeout_at(deadline, async {
+            if let Ok(conn) = pool.get().await {
+                let _ = engine::queue::maintenance::deregister(&conn, &worker).await;
+            }
+        })
+        .await;
         tracing::info!("worker stopped");
         Ok(())
     }
@@ -353,7 +410,7 @@ async fn handback(
     ids: &[i64],
     worker: &str,
 ) -> anyhow::Result<u64> {
-    let conn = tokio::time::timeout(Duration::from_secs(5), pool.get()).await??;
+    let conn = pool.get().await?;
     Ok(engine::queue::fetch::hand_back(&conn, ids, worker).await?)
 }
 

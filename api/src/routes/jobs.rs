@@ -85,6 +85,9 @@ pub struct EnqueueRequest {
     pub max_attempts: Option<i32>,
     /// At most one unfinished job per key: a second enqueue returns the first job.
     pub unique_key: Option<String>,
+    /// The job's key for its queue's per-key concurrency limit (1 to 512 characters); when
+    /// absent, the queue's key path into the args gives it, if the queue has one.
+    pub concurrency_key: Option<String>,
     /// Labels for filtering (at most 20, each 1 to 64 characters).
     pub tags: Option<Vec<String>>,
 }
@@ -318,6 +321,7 @@ impl JobsApi {
             run_at: r.run_at,
             max_attempts: r.max_attempts,
             unique_key: r.unique_key,
+            concurrency_key: r.concurrency_key,
             tags,
             meta,
         });

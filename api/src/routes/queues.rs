@@ -6,7 +6,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use domain::accounts::Role;
 use engine::db::DbError;
-use engine::queue::{JobState, admin, control};
+use engine::queue::limits::{KeyPath, QueueLimits};
+use engine::queue::{JobState, admin, control, limits};
 use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi};
@@ -61,6 +62,40 @@ pub struct Queue {
     pub completed_per_minute: f64,
     /// Jobs discarded (failed for good) per minute over the last hour.
     pub failed_per_minute: f64,
+    /// Its global concurrency limits.
+    pub limits: Limits,
+}
+
+/// A queue's global concurrency limits, across every worker; an absent limit is no limit.
+#[derive(Object, Default)]
+pub struct Limits {
+    /// Most jobs of the queue running at once.
+    pub max_running: Option<i32>,
+    /// Most jobs with the same concurrency key running at once. A job's key is the
+    /// `concurrency_key` it was enqueued with, else its args at `key_path`; a job without a
+    /// key is bound by `max_running` alone.
+    pub max_running_per_key: Option<i32>,
+    /// Where in a job's args its key is, e.g. `args.outlet_id`.
+    pub key_path: Option<String>,
+}
+
+impl From<QueueLimits> for Limits {
+    fn from(l: QueueLimits) -> Self {
+        Limits {
+            max_running: l.max_running,
+            max_running_per_key: l.max_running_per_key,
+            key_path: l.key_path.map(|p| p.to_string()),
+        }
+    }
+}
+
+/// A queue after its limits were set.
+#[derive(Object)]
+pub struct QueueLimitsSet {
+    /// Its name.
+    pub name: String,
+    /// Its limits now.
+    pub limits: Limits,
 }
 
 /// A queue after pause or resume.
@@ -127,6 +162,7 @@ impl QueuesApi {
                         oldest_available_age_s: q.oldest_available_age_s,
                         completed_per_minute: q.completed_per_minute,
                         failed_per_minute: q.failed_per_minute,
+                        limits: q.limits.into(),
                     }
                 })
                 .collect(),
@@ -151,6 +187,45 @@ impl QueuesApi {
         name: Path<String>,
     ) -> Result<Json<QueuePaused>, ApiError> {
         self.set_paused(creds, name.0, false).await
+    }
+
+    /// Set a queue's global concurrency limits, replacing the previous ones (absent fields
+    /// remove a limit). Every worker uses them from its next fetch, within a second or two;
+    /// jobs already running finish even above a lowered limit (operator).
+    #[oai(path = "/api/v1/queues/:name/limits", method = "put")]
+    async fn set_limits(
+        &self,
+        creds: Credentials,
+        name: Path<String>,
+        body: Json<Limits>,
+    ) -> Result<Json<QueueLimitsSet>, ApiError> {
+        let who = self.auth.require(&creds, Role::Operator).await?;
+        let name = queue_name("name", &name.0)?;
+        let body = body.0;
+        let new = QueueLimits {
+            max_running: body.max_running,
+            max_running_per_key: body.max_running_per_key,
+            key_path: body.key_path.as_deref().map(KeyPath::parse).transpose()?,
+        };
+        new.validate()?;
+        let mut conn = self.auth.pool().get().await?;
+        let tx = conn.transaction().await.map_err(DbError::from)?;
+        limits::set(&tx, &name, &new).await?;
+        let detail = serde_json::to_value(&new).ok();
+        audit(
+            &tx,
+            &who,
+            "queue.limits",
+            Some(format!("queue:{name}")),
+            detail,
+            1,
+        )
+        .await?;
+        tx.commit().await.map_err(DbError::from)?;
+        Ok(Json(QueueLimitsSet {
+            name: name.into(),
+            limits: new.into(),
+        }))
     }
 
     /// The live workers: queues, concurrency, in-flight jobs, last heartbeat (operator).

@@ -320,6 +320,83 @@ async fn queues_report_and_pause_and_workers_are_listed() {
         .scalar("SELECT count(*) FROM audit_log WHERE target = 'queue:mail'")
         .await;
     assert_eq!(audited, 2);
+    assert_eq!(
+        queues[0]["limits"],
+        json!({"max_running": null, "max_running_per_key": null, "key_path": null}),
+        "no limits"
+    );
+}
+
+#[tokio::test]
+async fn queue_limits_are_set_audited_listed_and_checked() {
+    let db = TestDb::new().await;
+    let cli = client(&db);
+    let ops = token(&db, &cli, "ops", Role::Operator).await;
+    let put = |body: Value| {
+        let cli = &cli;
+        let ops = ops.clone();
+        async move {
+            cli.put("/api/v1/queues/fc/limits")
+                .header("authorization", bearer(&ops))
+                .body_json(&body)
+                .send()
+                .await
+        }
+    };
+    let limits = json!({"max_running": 3, "max_running_per_key": 1, "key_path": "args.outlet_id"});
+    let resp = put(limits.clone()).await;
+    resp.assert_status_is_ok();
+    assert_eq!(json(resp).await, json!({"name": "fc", "limits": limits}));
+    let queues = json(
+        cli.get("/api/v1/queues")
+            .header("authorization", bearer(&ops))
+            .send()
+            .await,
+    )
+    .await;
+    assert_eq!(queues[0]["name"], "fc");
+    assert_eq!(queues[0]["limits"], limits);
+    let detail: Value = db
+        .scalar(
+            "SELECT filter FROM audit_log WHERE action = 'queue.limits' AND target = 'queue:fc'",
+        )
+        .await;
+    assert_eq!(detail["max_running"], 3);
+
+    // Bad limits: one 422 naming the field; nothing changes.
+    for (body, field) in [
+        (json!({"max_running": 0}), "max_running"),
+        (json!({"max_running_per_key": -1}), "max_running_per_key"),
+        (
+            json!({"max_running_per_key": 1, "key_path": "outlet_id"}),
+            "key_path",
+        ),
+    ] {
+        let resp = put(body).await;
+        resp.assert_status(StatusCode::UNPROCESSABLE_ENTITY);
+        let body = json(resp).await;
+        assert_error(&body, "VALIDATION_FAILED");
+        assert!(body["details"]["field_errors"][field].is_string(), "{body}");
+    }
+    // Absent fields remove the limits.
+    let resp = put(json!({})).await;
+    assert_eq!(
+        json(resp).await["limits"],
+        json!({"max_running": null, "max_running_per_key": null, "key_path": null})
+    );
+
+    // A job's concurrency key is taken at enqueue.
+    let resp = cli
+        .post("/api/v1/jobs")
+        .header("authorization", bearer(&ops))
+        .body_json(&json!({"kind": "noop", "queue": "fc", "concurrency_key": "outlet-7"}))
+        .send()
+        .await;
+    resp.assert_status(StatusCode::CREATED);
+    let key: String = db
+        .scalar("SELECT concurrency_key FROM jobs WHERE queue = 'fc'")
+        .await;
+    assert_eq!(key, "outlet-7");
 
     let w = engine::queue::maintenance::WorkerInfo {
         id: "w-9".into(),
@@ -440,6 +517,12 @@ async fn authorization_matrix() {
             [401, 403, 200, 200, 200],
         ),
         (
+            "PUT",
+            "/api/v1/queues/x/limits".into(),
+            Json(json!({"max_running": 2})),
+            [401, 403, 200, 200, 200],
+        ),
+        (
             "GET",
             "/api/v1/workers".into(),
             Empty,
@@ -509,6 +592,7 @@ async fn authorization_matrix() {
         for (i, cred) in creds.iter().enumerate() {
             let mut req = match *method {
                 "GET" => cli.get(path),
+                "PUT" => cli.put(path),
                 _ => cli.post(path),
             };
             if let Some((h, v)) = cred {

@@ -71,6 +71,26 @@ async fn metrics_count_requests_by_route_and_report_pool_and_queues() {
             .await
             .unwrap();
         }
+        // A limit of 1 with both jobs of "mail" available and none running: nothing waits
+        // yet; one running: the other waits on the limit.
+        let limit = engine::queue::limits::QueueLimits {
+            max_running: Some(1),
+            ..Default::default()
+        };
+        engine::queue::limits::set(&conn, &"mail".parse().unwrap(), &limit)
+            .await
+            .unwrap();
+        let mut conn = conn;
+        let got = engine::queue::fetch::fetch_limited(
+            &mut conn,
+            &"mail".into(),
+            "w1",
+            std::time::Duration::from_secs(30),
+            5,
+        )
+        .await
+        .unwrap();
+        assert_eq!(got.len(), 1);
     }
     let cli = client(&db);
     for _ in 0..3 {
@@ -107,7 +127,10 @@ async fn metrics_count_requests_by_route_and_report_pool_and_queues() {
     line(
         r#"quayside_http_request_duration_seconds_bucket{method="GET",route="/health",le="0.005"}"#,
     );
-    assert!(line(r#"quayside_queue_jobs{queue="mail",state="available"}"#).ends_with(" 2"));
+    assert!(line(r#"quayside_queue_jobs{queue="mail",state="available"}"#).ends_with(" 1"));
+    assert!(line(r#"quayside_queue_limit_max_running{queue="mail"}"#).ends_with(" 1"));
+    assert!(line(r#"quayside_queue_limit_running{queue="mail"}"#).ends_with(" 1"));
+    assert!(line(r#"quayside_queue_limit_waiting{queue="mail"}"#).ends_with(" 1"));
     assert!(line(r#"quayside_queue_jobs{queue="mail",state="completed"}"#).ends_with(" 0"));
     assert!(line("quayside_db_pool_max_connections").ends_with(" 16"));
     line("quayside_db_pool_available_connections");

@@ -95,3 +95,26 @@ async fn starts_with_its_admin_logs_json_and_stops_on_sigterm() {
             .any(|l| l["fields"]["message"] == "admin from ADMIN_USERNAME")
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn healthcheck_passes_on_a_serving_api_and_fails_on_a_closed_port() {
+    let db = TestDb::new().await;
+    let api = start(&db, &[]).await;
+    let check = |port: u16| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_api"))
+            .arg("healthcheck")
+            .env_clear()
+            .env("PORT", port.to_string())
+            .output()
+            .expect("run api healthcheck")
+    };
+    let ok = check(api.port);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let closed = check(testkit::free_port().unwrap());
+    assert_eq!(closed.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&closed.stderr).starts_with("api healthcheck: "));
+}

@@ -10,6 +10,7 @@ pub mod counts;
 pub mod enqueue;
 pub mod fetch;
 pub mod job;
+pub mod limits;
 pub mod maintenance;
 pub mod outcome;
 

@@ -118,6 +118,11 @@ impl Cluster {
         self.pg_ctl(&["stop", "-m", "fast", "-w"])
     }
 
+    /// Start the server again after [`Cluster::stop`], on the same port.
+    pub fn start_again(&self) -> Result<()> {
+        self.pg_ctl(&["start", "-w", "-t", "60", "-o", &self.opts])
+    }
+
     /// Restart the server on the same port (immediate stop: as close to a crash as a test needs).
     pub fn restart(&self) -> Result<()> {
         self.pg_ctl(&["stop", "-m", "immediate", "-w"])?;

@@ -4,6 +4,7 @@
 //! - [`cluster`]: a private PostgreSQL from the system's binaries (for `ops` and the tests);
 //! - [`db`]: a fresh, migrated database per test ([`TestDb`]) on the run's throwaway cluster,
 //!   a [`PrivateCluster`] for tests that stop the server, plain connections and pools;
+//! - [`cut`]: a TCP proxy in front of PostgreSQL that loses a reply in transit ([`CutProxy`]);
 //! - [`wait`]: waiting on the database (or anything) with a deadline ([`wait_for`]);
 //! - [`dir`]: temporary directories ([`TempDir`]);
 //! - [`http`]: an HTTP client on reqwest for talking to the real binaries, with bearer tokens,
@@ -21,6 +22,7 @@
 #![warn(missing_docs)]
 
 pub mod cluster;
+pub mod cut;
 pub mod db;
 pub mod dir;
 pub mod fake;
@@ -31,6 +33,7 @@ pub mod settings;
 pub mod wait;
 
 pub use cluster::free_port;
+pub use cut::CutProxy;
 pub use db::{PrivateCluster, TestDb};
 pub use dir::TempDir;
 pub use wait::wait_for;

@@ -9,7 +9,7 @@
 use std::any::Any;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use apalis_core::backend::finalize::Ephemeral;
 use apalis_core::backend::{Backend, BackendConfig};
@@ -30,6 +30,11 @@ use super::handlers::Handlers;
 use super::job::JobError;
 use super::metrics::QueueMetrics;
 
+/// Default `WORKER_RETRY_AFTER_MAX_MS`: a day. A service that asks for a longer pause (in a
+/// `Retry-After`, or a handler's snooze) is asked again after a day; a longer wait would
+/// mostly hide a bad header, and a job that cannot wait can be retried by an operator.
+pub const DEFAULT_RETRY_AFTER_MAX_MS: u64 = 24 * 3600 * 1000;
+
 /// The backend of one queue's apalis worker.
 #[derive(Clone)]
 pub struct QueueBackend {
@@ -39,13 +44,15 @@ pub struct QueueBackend {
 
 impl QueueBackend {
     /// A backend fed by `rx`, whose outcomes go to `completer` and whose finished jobs return
-    /// their slot to `slots`.
+    /// their slot to `slots`. No handler's delay (`Retry-After`, snooze) exceeds
+    /// `retry_after_max`.
     pub fn new(
         rx: mpsc::Receiver<FetchedJob>,
         slots: Arc<Semaphore>,
         completer: CompleterHandle,
         handlers: Handlers,
         metrics: Arc<QueueMetrics>,
+        retry_after_max: Duration,
     ) -> Self {
         Self {
             rx: Arc::new(Mutex::new(rx)),
@@ -54,6 +61,7 @@ impl QueueBackend {
                 completer,
                 handlers,
                 metrics,
+                retry_after_max,
             },
         }
     }
@@ -132,6 +140,7 @@ pub struct OutcomeLayer {
     completer: CompleterHandle,
     handlers: Handlers,
     metrics: Arc<QueueMetrics>,
+    retry_after_max: Duration,
 }
 
 impl<S> Layer<S> for OutcomeLayer {
@@ -180,7 +189,10 @@ where
             let outcome = match &result {
                 Ok(serde_json::Value::Null) => Outcome::Completed(None),
                 Ok(v) => Outcome::Completed(Some(v.clone())),
-                Err(e) => decide(e.as_ref(), attempt, max_attempts, policy),
+                Err(e) => cap_delay(
+                    decide(e.as_ref(), attempt, max_attempts, policy),
+                    layer.retry_after_max,
+                ),
             };
             layer.metrics.finished(&kind, &outcome, started.elapsed());
             layer
@@ -237,6 +249,19 @@ pub fn decide(
         return retry(Failure::new("panic", p.0.clone()), None);
     }
     retry(Failure::new("error", err.to_string()), None)
+}
+
+/// `outcome` with a wait longer than `max` (a remote `Retry-After`, a snooze) shortened to
+/// it.
+pub fn cap_delay(outcome: Outcome, max: Duration) -> Outcome {
+    match outcome {
+        Outcome::Retry { delay, error } => Outcome::Retry {
+            delay: delay.min(max),
+            error,
+        },
+        Outcome::Snooze(delay) => Outcome::Snooze(delay.min(max)),
+        other => other,
+    }
 }
 
 /// A handler panicked; the panic was caught and counts as a failed attempt.
@@ -298,6 +323,18 @@ mod tests {
         assert!(
             matches!(decide(&JobError::Retry("x".into()), 2, 3, Some(exact)),
             Outcome::Retry { delay, .. } if delay == Duration::from_millis(90))
+        );
+        let huge = JobError::RetryAfter {
+            message: "429".into(),
+            after: Duration::MAX,
+        };
+        let day = Duration::from_secs(86_400);
+        assert!(
+            matches!(cap_delay(decide(&huge, 1, 3, spec), day), Outcome::Retry { delay, .. } if delay == day)
+        );
+        assert_eq!(
+            cap_delay(decide(&JobError::Snooze(Duration::MAX), 1, 3, spec), day),
+            Outcome::Snooze(day)
         );
         let other: BoxDynError = "plain".into();
         assert!(

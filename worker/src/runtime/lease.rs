@@ -4,7 +4,7 @@
 //! back at shutdown). Renewal is one statement for all held jobs, every third of the lease, so a
 //! renewal may fail twice before any lease runs out.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,37 +13,55 @@ use engine::queue::fetch;
 use engine::queue::maintenance::{self as sql, WorkerInfo};
 use tokio_util::sync::CancellationToken;
 
-/// Jobs this worker holds: id to attempt.
+/// Attempts this worker holds: (job id, attempt).
+///
+/// Keyed by the attempt as well as the job: if a lease lapses (a database hiccup) and this
+/// same worker fetches the job's next attempt, the earlier attempt's late outcome is refused
+/// by the fence and must release only that attempt, never the one now running.
 #[derive(Debug, Default)]
 pub struct Held {
-    jobs: Mutex<HashMap<i64, i32>>,
+    jobs: Mutex<HashSet<(i64, i32)>>,
 }
 
 impl Held {
-    /// Start holding fetched jobs.
-    pub fn add(&self, jobs: impl IntoIterator<Item = (i64, i32)>) {
-        self.jobs.lock().expect("held lock").extend(jobs);
+    /// Start holding fetched attempts.
+    pub fn add(&self, attempts: impl IntoIterator<Item = (i64, i32)>) {
+        self.jobs.lock().expect("held lock").extend(attempts);
     }
 
-    /// Stop holding jobs whose outcome has been written.
-    pub fn remove(&self, ids: impl IntoIterator<Item = i64>) {
+    /// Stop holding attempts whose outcome has been written (or refused).
+    pub fn remove(&self, attempts: impl IntoIterator<Item = (i64, i32)>) {
         let mut held = self.jobs.lock().expect("held lock");
-        for id in ids {
-            held.remove(&id);
+        for a in attempts {
+            held.remove(&a);
         }
     }
 
-    /// The ids held now.
+    /// The ids of the jobs held now, each once.
     pub fn ids(&self) -> Vec<i64> {
+        let mut ids: Vec<i64> = self
+            .jobs
+            .lock()
+            .expect("held lock")
+            .iter()
+            .map(|&(id, _)| id)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// The attempts held now: (job id, attempt).
+    pub fn attempts(&self) -> Vec<(i64, i32)> {
         self.jobs
             .lock()
             .expect("held lock")
-            .keys()
+            .iter()
             .copied()
             .collect()
     }
 
-    /// How many are held.
+    /// How many attempts are held.
     pub fn len(&self) -> usize {
         self.jobs.lock().expect("held lock").len()
     }

@@ -5,13 +5,22 @@
 //! its lease is not spent waiting. It wakes on a notification for its queue, on a poll tick
 //! (the fallback, and the only wake-up in polling-only mode), or straight away after a full
 //! batch, since more jobs are probably waiting.
+//!
+//! A queue with a concurrency limit is fetched by the limited fetch, which takes the queue's
+//! lock in PostgreSQL; every other queue by the one-statement fetch. Which one is decided
+//! from the queue's limits, read again at most every [`LIMITS_REFRESH`]: the one-statement
+//! fetch refuses a limited queue, so a producer that has not yet seen a new limit fetches
+//! nothing rather than too much. A job of a limited queue that stops running wakes the
+//! queue's workers (a trigger in the database), so a freed slot is taken at once.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 use engine::config::{ConfigError, Source, millis, positive};
-use engine::queue::{FetchedJob, fetch};
+use engine::names::QueueName;
+use engine::queue::limits::{KeyPath, QueueLimits};
+use engine::queue::{FetchedJob, fetch, limits};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -30,6 +39,9 @@ pub struct ProducerSettings {
     /// Fallback poll of each queue when no notification arrives (and the only wake-up in
     /// polling-only mode).
     pub poll_interval: Duration,
+    /// Default concurrency limits (`WORKER_QUEUE_LIMITS`), written at start for each queue
+    /// whose limits no operator has set through the API.
+    pub limit_defaults: Vec<(QueueName, QueueLimits)>,
 }
 
 /// Default `WORKER_CONCURRENCY`: job slots per queue.
@@ -44,6 +56,9 @@ pub const DEFAULT_LEASE_MS: u64 = 30_000;
 pub const MIN_LEASE_MS: u64 = 300;
 /// Default `WORKER_POLL_INTERVAL_MS`.
 pub const DEFAULT_POLL_INTERVAL_MS: u64 = 1_000;
+/// How long a producer trusts what it read of its queue's limits: a limit set or removed at
+/// run time changes the fetch it uses within this (and the poll interval).
+pub const LIMITS_REFRESH: Duration = Duration::from_secs(1);
 
 impl ProducerSettings {
     /// Read and validate. `queues` and `concurrency` are the command-line flags, which win over
@@ -85,6 +100,7 @@ impl ProducerSettings {
             fetch_batch: positive(src, "WORKER_FETCH_BATCH", DEFAULT_FETCH_BATCH)? as usize,
             lease,
             poll_interval: millis(src, "WORKER_POLL_INTERVAL_MS", DEFAULT_POLL_INTERVAL_MS)?,
+            limit_defaults: parse_limits(&src.get("WORKER_QUEUE_LIMITS").unwrap_or_default())?,
         })
     }
 
@@ -130,6 +146,45 @@ fn parse_queues(raw: &str, default_slots: usize) -> Result<Vec<(String, usize)>,
     Ok(out)
 }
 
+/// `uploads max_running=3; forecasts per_key=1 key=args.outlet_id`: default limits per
+/// queue, `;` between queues.
+fn parse_limits(raw: &str) -> Result<Vec<(QueueName, QueueLimits)>, ConfigError> {
+    const NAME: &str = "WORKER_QUEUE_LIMITS";
+    let mut out: Vec<(QueueName, QueueLimits)> = Vec::new();
+    for part in raw.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = |why: String| ConfigError::new(NAME, format!("{part:?}: {why}"));
+        let mut words = part.split_whitespace();
+        let queue =
+            QueueName::parse(words.next().unwrap_or_default()).map_err(|e| bad(e.to_string()))?;
+        let mut limits = QueueLimits::default();
+        for word in words {
+            let (k, v) = word
+                .split_once('=')
+                .ok_or_else(|| bad(format!("{word:?} is not key=value")))?;
+            let n = || {
+                v.parse::<i32>()
+                    .ok()
+                    .filter(|&n| n >= 1)
+                    .ok_or_else(|| bad(format!("{k} must be a positive integer")))
+            };
+            match k {
+                "max_running" => limits.max_running = Some(n()?),
+                "per_key" => limits.max_running_per_key = Some(n()?),
+                "key" => limits.key_path = Some(KeyPath::parse(v).map_err(|e| bad(e.to_string()))?),
+                _ => return Err(bad(format!("unknown limit {k:?}"))),
+            }
+        }
+        if !limits.is_limited() {
+            return Err(bad("sets neither max_running nor per_key".into()));
+        }
+        if out.iter().any(|(q, _)| *q == queue) {
+            return Err(bad("the queue is listed twice".into()));
+        }
+        out.push((queue, limits));
+    }
+    Ok(out)
+}
+
 /// One queue's producer.
 pub struct Producer {
     /// The queue.
@@ -160,6 +215,10 @@ impl Producer {
     /// Fetch until `stop`.
     pub async fn run(self, stop: CancellationToken) {
         let mut error_delay = Duration::from_millis(100);
+        // When the last fetch was lost with its connection: it may have claimed jobs whose
+        // reply never arrived. Those are given back before the next fetch.
+        let mut lost_since: Option<Instant> = None;
+        let mut limited = Limited::default();
         loop {
             // Wait for a free slot, then take every free slot up to a batch.
             let first = tokio::select! {
@@ -172,7 +231,17 @@ impl Producer {
                 p.forget();
             }
             let want = extra + 1;
-            let fetched = self.fetch(want).await;
+            let started = Instant::now();
+            let fetched = match lost_since {
+                Some(since) => match self.hand_back_unseen(since).await {
+                    Ok(()) => {
+                        lost_since = None;
+                        self.fetch(want, &mut limited).await
+                    }
+                    Err(e) => Err(e),
+                },
+                None => self.fetch(want, &mut limited).await,
+            };
             let got = fetched.as_ref().map_or(0, Vec::len);
             self.slots.add_permits(want - got);
             match fetched {
@@ -186,11 +255,16 @@ impl Producer {
                             return; // the worker has stopped; held jobs are handed back
                         }
                     }
-                    if got == want {
+                    // A limited fetch may stop short at a window of rows whose keys are busy;
+                    // the next one skips those keys, so go on while fetches make progress.
+                    if got == want || (limited.yes && got > 0) {
                         continue;
                     }
                 }
                 Err(e) => {
+                    if e.is_connection_lost() && lost_since.is_none() {
+                        lost_since = Some(started);
+                    }
                     tracing::warn!(queue = %self.queue, error = %e, "fetch failed; backing off");
                     tokio::select! {
                         _ = tokio::time::sleep(error_delay) => {}
@@ -208,10 +282,54 @@ impl Producer {
         }
     }
 
-    async fn fetch(&self, limit: usize) -> Result<Vec<FetchedJob>, engine::db::DbError> {
+    /// Give back the jobs of this queue that a fetch lost in transit claimed for this worker
+    /// since `since` (plus a second of margin for clocks and round trips): running
+    /// under our id, held by nobody here. Only this producer fetches the queue for this
+    /// worker, and every job it received is held until its outcome is written, so they are
+    /// exactly the jobs no handler saw; they go back with their attempt unspent.
+    async fn hand_back_unseen(&self, since: Instant) -> Result<(), engine::db::DbError> {
         let conn = self.pool.get().await?;
-        fetch::fetch(&conn, &self.queue, &self.worker, self.lease, limit).await
+        let within = since.elapsed();
+        let n = fetch::hand_back_unseen(
+            &conn,
+            &self.queue,
+            &self.worker,
+            &self.held.attempts(),
+            within + Duration::from_secs(1),
+        )
+        .await?;
+        if n > 0 {
+            tracing::warn!(queue = %self.queue, num_jobs = n, "a fetch was lost in transit; gave its jobs back unspent");
+        }
+        Ok(())
     }
+
+    async fn fetch(
+        &self,
+        limit: usize,
+        limited: &mut Limited,
+    ) -> Result<Vec<FetchedJob>, engine::db::DbError> {
+        let mut conn = self.pool.get().await?;
+        if limited
+            .read_at
+            .is_none_or(|at| at.elapsed() >= LIMITS_REFRESH)
+        {
+            limited.yes = limits::get(&conn, &self.queue).await?.is_limited();
+            limited.read_at = Some(Instant::now());
+        }
+        if limited.yes {
+            fetch::fetch_limited(&mut conn, &self.queue, &self.worker, self.lease, limit).await
+        } else {
+            fetch::fetch(&conn, &self.queue, &self.worker, self.lease, limit).await
+        }
+    }
+}
+
+/// Whether the queue has a limit, as last read.
+#[derive(Default)]
+struct Limited {
+    yes: bool,
+    read_at: Option<Instant>,
 }
 
 #[cfg(test)]
@@ -280,6 +398,35 @@ mod tests {
         ] {
             let err = settings(&env, queues, conc).unwrap_err();
             assert_eq!(err.name, name, "{err}");
+        }
+    }
+
+    #[test]
+    fn default_limits_parse_and_bad_ones_are_named() {
+        let s = settings(
+            &[(
+                "WORKER_QUEUE_LIMITS",
+                "uploads max_running=3; forecasts per_key=1 key=args.outlet_id;",
+            )],
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(s.limit_defaults.len(), 2);
+        assert_eq!(s.limit_defaults[0].1.max_running, Some(3));
+        let f = &s.limit_defaults[1].1;
+        assert_eq!(f.max_running_per_key, Some(1));
+        assert_eq!(f.key_path.as_ref().unwrap().to_string(), "args.outlet_id");
+        for bad in [
+            "uploads",
+            "uploads max_running=0",
+            "uploads max=3",
+            "uploads per_key=1 key=outlet_id",
+            "a b max_running=1",
+            "a max_running=1; a per_key=1",
+        ] {
+            let err = settings(&[("WORKER_QUEUE_LIMITS", bad)], None, None).unwrap_err();
+            assert_eq!(err.name, "WORKER_QUEUE_LIMITS", "{bad}: {err}");
         }
     }
 }

@@ -2,10 +2,12 @@
 //! real `worker` binary for signals, kills and multi-process runs, the real `api` binary for a
 //! registration end to end, and real HTTP and SMTP servers standing in for Cloudinary and mail.
 
+mod bookkeeping;
 mod breakers;
 mod cloudinary;
 mod e2e;
 mod harness;
+mod limits;
 mod maintenance;
 mod new_kind;
 mod outcomes;

@@ -180,6 +180,55 @@ async fn sigterm_hands_back_jobs_that_outlive_the_shutdown_timeout() {
     }
 }
 
+/// SIGTERM while PostgreSQL is down: the whole shutdown stays within
+/// `WORKER_SHUTDOWN_TIMEOUT_MS` (the completer used to retry forever, so the process hung
+/// until SIGKILL), and the jobs whose outcomes could not be written run again once the
+/// database is back.
+#[tokio::test]
+async fn sigterm_during_a_database_outage_exits_in_time_and_loses_nothing() {
+    let (pg, url) = PrivateCluster::start().await;
+    let db = TestDb {
+        pool: engine::db::pool(&DatabaseSettings::for_url(&url)).unwrap(),
+        name: "quayside".into(),
+        url: url.clone(),
+    };
+    let env = with_env(fast_env(&db.url), "WORKER_SHUTDOWN_TIMEOUT_MS", "2000");
+    let p = worker(&env, &["--concurrency", "4"]);
+    // They finish during the drain, with the database gone.
+    let ids = enqueue_noops(&db, "default", 4, json!({"sleep_ms": 800})).await;
+    wait_count(
+        &db,
+        "SELECT count(*) FROM jobs WHERE state = 'running'",
+        4,
+        Duration::from_secs(20),
+    )
+    .await;
+    drop(db);
+    // Blocks this test's runtime while the server stops; the worker is another process.
+    pg.cluster.stop().expect("stop");
+    let sent = std::time::Instant::now();
+    p.signal("-TERM");
+    assert_eq!(p.wait(Duration::from_secs(8)).await, Some(0));
+    assert!(
+        sent.elapsed() < Duration::from_millis(3500),
+        "exited {:?} after SIGTERM, with a budget of 2 s",
+        sent.elapsed()
+    );
+
+    pg.cluster.start_again().expect("start again");
+    let db = TestDb {
+        pool: engine::db::pool(&DatabaseSettings::for_url(&url)).unwrap(),
+        name: "quayside".into(),
+        url,
+    };
+    let w = InProcess::start(&fast_env(&db.url), "default", 4);
+    for id in ids {
+        let j = wait_final(&db, id, Duration::from_secs(30)).await;
+        assert_eq!(j.state, JobState::Completed, "job {id}: {:?}", j.errors);
+    }
+    w.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_database_restart_under_a_running_worker_loses_nothing() {
     let (pg, url) = PrivateCluster::start().await;

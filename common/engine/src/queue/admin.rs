@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::counts;
 use super::job::{JOB_COLUMNS, JobRow, JobState};
+use super::limits::QueueLimits;
 use super::{NOTIFY_CHANNEL, Result};
 use crate::names::QueueName;
 
@@ -118,13 +119,27 @@ pub async fn jobs_by_ids(client: &impl GenericClient, ids: &[i64]) -> Result<Vec
 /// million-row action never holds a million row locks, and workers interleave with it.
 pub const BULK_BATCH: i64 = 1000;
 
+// A bulk action walks the ids once, in order: each batch takes the matching rows after the
+// last id the previous batch looked at ($7), up to the newest id when the action started
+// ($8). A job is therefore touched at most once per action, even if it matches again
+// between batches (a retried job that completes meanwhile), and jobs enqueued during the
+// action are left alone. Re-selecting the filter per batch instead ran such jobs again and
+// again. Every statement returns (rows looked at, last id looked at, rows changed).
+
+/// The newest id when a bulk action starts: its upper bound.
+const NEWEST_ID: &str = "SELECT coalesce(max(id), 0) FROM jobs";
+
 const BULK_CANCEL: &str = concat!(
     "WITH batch AS (SELECT j.id FROM jobs j WHERE ",
     job_filter!(),
     " AND j.state NOT IN ('completed', 'discarded', 'cancelled')
-      ORDER BY j.id LIMIT $7 FOR UPDATE)
-UPDATE jobs SET state = 'cancelled', finished_at = now(), lease_expires_at = NULL
-  FROM batch WHERE jobs.id = batch.id"
+      AND j.id > $7 AND j.id <= $8 ORDER BY j.id LIMIT $9 FOR UPDATE),
+done AS (
+  UPDATE jobs SET state = 'cancelled', finished_at = now(), lease_expires_at = NULL
+    FROM batch WHERE jobs.id = batch.id
+  RETURNING jobs.queue)
+SELECT (SELECT count(*) FROM batch), (SELECT max(id) FROM batch), (SELECT count(*) FROM done),
+       ARRAY[]::text[]"
 );
 
 /// Cancel every unfinished job matching `filter`, `batch` rows per statement. Returns how
@@ -141,8 +156,10 @@ pub async fn bulk_cancel(
 const BULK_DELETE: &str = concat!(
     "WITH batch AS (SELECT j.id FROM jobs j WHERE ",
     job_filter!(),
-    " AND j.state <> 'running' ORDER BY j.id LIMIT $7 FOR UPDATE)
-DELETE FROM jobs USING batch WHERE jobs.id = batch.id"
+    " AND j.state <> 'running' AND j.id > $7 AND j.id <= $8 ORDER BY j.id LIMIT $9 FOR UPDATE),
+done AS (DELETE FROM jobs USING batch WHERE jobs.id = batch.id RETURNING jobs.id)
+SELECT (SELECT count(*) FROM batch), (SELECT max(id) FROM batch), (SELECT count(*) FROM done),
+       ARRAY[]::text[]"
 );
 
 /// Delete every job matching `filter` except running ones (cancel those first), `batch`
@@ -160,18 +177,19 @@ const BULK_RETRY: &str = concat!(
   SELECT j.id, j.unique_key FROM jobs j WHERE ",
     job_filter!(),
     " AND j.state IN ('scheduled', 'retryable', 'completed', 'discarded', 'cancelled')
+    AND j.id > $7 AND j.id <= $8
     AND (j.unique_key IS NULL OR NOT EXISTS (
           SELECT 1 FROM jobs o
            WHERE o.unique_key = j.unique_key
              AND o.state IN ('available', 'scheduled', 'running', 'retryable') AND o.id <> j.id))
-  ORDER BY j.id LIMIT $7 FOR UPDATE),
+  ORDER BY j.id LIMIT $9 FOR UPDATE),
 pick AS (SELECT min(id) AS id FROM batch GROUP BY coalesce(unique_key, id::text)),
 retried AS (
   UPDATE jobs j SET state = 'available', run_at = now(), finished_at = NULL,
                     max_attempts = greatest(j.max_attempts, j.attempt + 1)
     FROM pick WHERE j.id = pick.id
   RETURNING j.queue)
-SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM retried),
+SELECT (SELECT count(*) FROM batch), (SELECT max(id) FROM batch), (SELECT count(*) FROM retried),
        ARRAY(SELECT DISTINCT queue FROM retried)"
 );
 
@@ -179,7 +197,8 @@ SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM retried),
 /// a fresh attempt if it had used its budget), `batch` rows per statement, waking the
 /// workers of the queues concerned. Running and available jobs are left alone, and of jobs
 /// sharing a unique key only one is retried, never one whose key an unfinished job holds.
-/// Returns how many were retried.
+/// Each job is retried at most once per call, even if it runs and matches again before the
+/// call ends. Returns how many were retried.
 pub async fn bulk_retry(
     client: &impl GenericClient,
     filter: &JobFilter,
@@ -199,88 +218,92 @@ pub enum Bulk {
     Delete,
 }
 
-/// What one batch of a bulk action did.
+/// A bulk action under way: its bounds, from [`bulk_start`], advanced by each
+/// [`bulk_batch`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Batch {
-    /// Rows that matched (the action is done when fewer than the batch size did).
-    pub seen: u64,
-    /// Rows changed.
-    pub changed: u64,
+pub struct BulkRun {
+    action: Bulk,
+    /// The newest id when the action started.
+    newest: i64,
+    /// The last id a batch looked at.
+    after: i64,
 }
 
-/// One batch of `action`: at most `batch` rows matching `filter`. The bulk functions run
-/// these until one sees fewer than `batch` rows; a caller that records each batch (the
-/// audit log) runs each in its own transaction with the record.
+/// Start `action`: it will touch jobs up to the newest id now.
+pub async fn bulk_start(client: &impl GenericClient, action: Bulk) -> Result<BulkRun> {
+    let newest: i64 = client.query_one(NEWEST_ID, &[]).await?.get(0);
+    Ok(BulkRun {
+        action,
+        newest,
+        after: 0,
+    })
+}
+
+/// One batch of `run`: at most `batch` rows matching `filter` after the last batch's, waking
+/// the workers of the queues it made available. Returns how many rows it changed, or `None`
+/// when it found no row: the action is done. The bulk functions run these until `None`; a
+/// caller that records each batch (the audit log) runs each in its own transaction with the
+/// record.
 pub async fn bulk_batch(
     client: &impl GenericClient,
-    action: Bulk,
+    run: &mut BulkRun,
     filter: &JobFilter,
     batch: i64,
-) -> Result<Batch> {
-    let params = filter_params(filter, &batch);
-    match action {
-        Bulk::Retry => {
-            let stmt = client.prepare_cached(BULK_RETRY).await?;
-            let row = client.query_one(&stmt, &params).await?;
-            let (seen, retried, queues): (i64, i64, Vec<String>) =
-                (row.get(0), row.get(1), row.get(2));
-            for queue in &queues {
-                client
-                    .execute("SELECT pg_notify($1, $2)", &[&NOTIFY_CHANNEL, queue])
-                    .await?;
-            }
-            Ok(Batch {
-                seen: seen as u64,
-                changed: retried as u64,
-            })
+) -> Result<Option<u64>> {
+    let sql = match run.action {
+        Bulk::Retry => BULK_RETRY,
+        Bulk::Cancel => BULK_CANCEL,
+        Bulk::Delete => BULK_DELETE,
+    };
+    let stmt = client.prepare_cached(sql).await?;
+    let row = client
+        .query_one(
+            &stmt,
+            &[
+                &filter.queue,
+                &filter.kind,
+                &filter.state,
+                &filter.tag,
+                &filter.created_after,
+                &filter.created_before,
+                &run.after,
+                &run.newest,
+                &batch,
+            ],
+        )
+        .await?;
+    let (seen, last, changed, queues): (i64, Option<i64>, i64, Vec<String>) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    for queue in &queues {
+        client
+            .execute("SELECT pg_notify($1, $2)", &[&NOTIFY_CHANNEL, queue])
+            .await?;
+    }
+    match last {
+        Some(last) if seen > 0 => {
+            run.after = last;
+            Ok(Some(changed as u64))
         }
-        Bulk::Cancel | Bulk::Delete => {
-            let sql = if action == Bulk::Cancel {
-                BULK_CANCEL
-            } else {
-                BULK_DELETE
-            };
-            let stmt = client.prepare_cached(sql).await?;
-            let n = client.execute(&stmt, &params).await?;
-            Ok(Batch {
-                seen: n,
-                changed: n,
-            })
-        }
+        _ => Ok(None),
     }
 }
 
-/// Run batches of `action` until one sees fewer than `batch` rows. Returns how many rows
-/// changed in all.
+/// Run `action` (a bulk action on at most `batch` rows matching `filter` in an id range)
+/// from the oldest id to the newest at the start, until a run finds no row: a run can find
+/// fewer than `batch` and still not be the last, when rows it waited for changed under it.
+/// Returns how many rows it changed in all.
 async fn in_batches(
     client: &impl GenericClient,
     action: Bulk,
     filter: &JobFilter,
     batch: i64,
 ) -> Result<u64> {
+    let mut run = bulk_start(client, action).await?;
     let mut total = 0;
-    loop {
-        let b = bulk_batch(client, action, filter, batch).await?;
-        total += b.changed;
-        if b.seen < batch as u64 {
-            return Ok(total);
-        }
+    while let Some(changed) = bulk_batch(client, &mut run, filter, batch).await? {
+        total += changed;
     }
-}
-
-fn filter_params<'a>(
-    f: &'a JobFilter,
-    batch: &'a i64,
-) -> [&'a (dyn postgres_types::ToSql + Sync); 7] {
-    [
-        &f.queue,
-        &f.kind,
-        &f.state,
-        &f.tag,
-        &f.created_after,
-        &f.created_before,
-        batch,
-    ]
+    Ok(total)
 }
 
 /// One queue's state for operators.
@@ -298,20 +321,26 @@ pub struct QueueStats {
     pub completed_per_minute: f64,
     /// Jobs discarded (failed for good) per minute, averaged over the last hour.
     pub failed_per_minute: f64,
+    /// Its concurrency limits.
+    pub limits: QueueLimits,
 }
 
-const PAUSED: &str = "SELECT name, paused FROM queues";
+const PAUSED: &str = "SELECT name, paused, max_running, max_running_per_key, concurrency_key_path
+  FROM queues";
 
 /// Every queue that has jobs or settings, by name. Reads the maintained counts (see
 /// [`super::counts`]), never the whole jobs table, so it stays fast with millions of jobs.
 pub async fn queue_stats(client: &impl GenericClient) -> Result<Vec<QueueStats>> {
     let depth = depth(client).await?;
     let finished = counts::finished_since(client, HOUR).await?;
-    let paused: BTreeMap<String, bool> = client
+    let settings: BTreeMap<String, (bool, QueueLimits)> = client
         .query(PAUSED, &[])
         .await?
         .iter()
-        .map(|r| (r.get(0), r.get(1)))
+        .map(|r| {
+            let limits = super::limits::from_row(r.get(2), r.get(3), r.get(4));
+            (r.get(0), (r.get(1), limits))
+        })
         .collect();
     let with_available: Vec<String> = depth
         .iter()
@@ -325,7 +354,7 @@ pub async fn queue_stats(client: &impl GenericClient) -> Result<Vec<QueueStats>>
     let names: BTreeSet<String> = depth
         .iter()
         .map(|d| d.queue.clone())
-        .chain(paused.keys().cloned())
+        .chain(settings.keys().cloned())
         .collect();
     let per_minute = |n: i64| n as f64 / 60.0;
     Ok(names
@@ -342,8 +371,10 @@ pub async fn queue_stats(client: &impl GenericClient) -> Result<Vec<QueueStats>>
                 })
                 .collect();
             let done = finished.iter().find(|f| f.queue == name);
+            let (paused, limits) = settings.get(&name).cloned().unwrap_or_default();
             QueueStats {
-                paused: paused.get(&name).copied().unwrap_or(false),
+                paused,
+                limits,
                 counts,
                 oldest_available_age_s: oldest.get(&name).copied(),
                 completed_per_minute: done.map_or(0.0, |f| per_minute(f.completed)),

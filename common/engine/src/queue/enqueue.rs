@@ -52,6 +52,9 @@ pub struct JobOptions {
     pub max_attempts: Option<i32>,
     /// At most one unfinished job per key.
     pub unique_key: Option<String>,
+    /// The job's key for its queue's per-key concurrency limit (see [`super::limits`]); when
+    /// absent, the queue's key path into the args gives it, if the queue has one.
+    pub concurrency_key: Option<String>,
     /// Labels for filtering.
     pub tags: Vec<String>,
     /// Context such as a request id (a JSON object).
@@ -138,6 +141,14 @@ impl NewJob {
                 "must be 1 to 512 characters".into(),
             ));
         }
+        if let Some(k) = &self.opts.concurrency_key
+            && (k.is_empty() || k.len() > 512)
+        {
+            return Err(QueueError::InvalidOption(
+                "concurrency_key",
+                "must be 1 to 512 characters".into(),
+            ));
+        }
         Ok(Resolved {
             queue,
             priority,
@@ -165,10 +176,11 @@ pub struct Enqueued {
 }
 
 const INSERT_ONE: &str = "
-INSERT INTO jobs (queue, kind, args, state, priority, max_attempts, run_at, unique_key, tags, meta)
+INSERT INTO jobs (queue, kind, args, state, priority, max_attempts, run_at, unique_key, tags, meta,
+                  concurrency_key)
 VALUES ($1, $2, $3,
         CASE WHEN $6::timestamptz > now() THEN 'scheduled' ELSE 'available' END::job_state,
-        $4, $5, coalesce($6::timestamptz, now()), $7, $8, $9)
+        $4, $5, coalesce($6::timestamptz, now()), $7, $8, $9, $10)
 ON CONFLICT (unique_key)
   WHERE unique_key IS NOT NULL AND state IN ('available', 'scheduled', 'running', 'retryable')
   DO NOTHING
@@ -187,7 +199,7 @@ pub async fn enqueue(client: &impl GenericClient, job: &NewJob) -> Result<Enqueu
     // A conflicting job may finish between our INSERT and our SELECT; then the key is free and
     // the next INSERT takes it. Three rounds cover any real interleaving.
     for _ in 0..3 {
-        let params: [&(dyn postgres_types::ToSql + Sync); 9] = [
+        let params: [&(dyn postgres_types::ToSql + Sync); 10] = [
             &r.queue,
             &job.kind,
             &job.args,
@@ -197,6 +209,7 @@ pub async fn enqueue(client: &impl GenericClient, job: &NewJob) -> Result<Enqueu
             &job.opts.unique_key,
             &job.opts.tags,
             &meta,
+            &job.opts.concurrency_key,
         ];
         if let Some(row) = client.query_opt(&stmt, &params).await? {
             return Ok(Enqueued {
@@ -229,14 +242,16 @@ SELECT nextval(s.seq)
        generate_series(1, $1::int)";
 
 const INSERT_MANY: &str = "
-INSERT INTO jobs (id, queue, kind, args, state, priority, max_attempts, run_at, unique_key, tags, meta)
+INSERT INTO jobs (id, queue, kind, args, state, priority, max_attempts, run_at, unique_key, tags, meta,
+                  concurrency_key)
 SELECT id, queue, kind, args,
        CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END::job_state,
        priority, max_attempts, coalesce(run_at, now()), unique_key,
-       ARRAY(SELECT jsonb_array_elements_text(tags)), meta
+       ARRAY(SELECT jsonb_array_elements_text(tags)), meta, concurrency_key
   FROM unnest($1::bigint[], $2::text[], $3::text[], $4::jsonb[], $5::int2[], $6::int4[],
-              $7::timestamptz[], $8::text[], $9::jsonb[], $10::jsonb[])
-       AS t(id, queue, kind, args, priority, max_attempts, run_at, unique_key, tags, meta)
+              $7::timestamptz[], $8::text[], $9::jsonb[], $10::jsonb[], $11::text[])
+       AS t(id, queue, kind, args, priority, max_attempts, run_at, unique_key, tags, meta,
+            concurrency_key)
 ON CONFLICT (unique_key)
   WHERE unique_key IS NOT NULL AND state IN ('available', 'scheduled', 'running', 'retryable')
   DO NOTHING
@@ -290,6 +305,10 @@ async fn insert_many(
     let max_attempts: Vec<i32> = resolved.iter().map(|r| r.max_attempts).collect();
     let run_ats: Vec<Option<DateTime<Utc>>> = jobs.iter().map(|j| j.opts.run_at).collect();
     let keys: Vec<Option<&str>> = jobs.iter().map(|j| j.opts.unique_key.as_deref()).collect();
+    let concurrency_keys: Vec<Option<&str>> = jobs
+        .iter()
+        .map(|j| j.opts.concurrency_key.as_deref())
+        .collect();
     let tags: Vec<serde_json::Value> = jobs
         .iter()
         .map(|j| serde_json::json!(j.opts.tags))
@@ -314,6 +333,7 @@ async fn insert_many(
                 &keys,
                 &tags,
                 &metas,
+                &concurrency_keys,
             ],
         )
         .await?
@@ -378,8 +398,8 @@ async fn copy_in(
         .clone();
     let sink = client
         .copy_in(
-            "COPY jobs (id, queue, kind, args, state, priority, max_attempts, run_at, tags, meta) \
-             FROM STDIN (FORMAT binary)",
+            "COPY jobs (id, queue, kind, args, state, priority, max_attempts, run_at, tags, meta, \
+             concurrency_key) FROM STDIN (FORMAT binary)",
         )
         .await?;
     let types = [
@@ -393,6 +413,7 @@ async fn copy_in(
         Type::TIMESTAMPTZ,
         Type::TEXT_ARRAY,
         Type::JSONB,
+        Type::TEXT,
     ];
     let writer = BinaryCopyInWriter::new(sink, &types);
     futures::pin_mut!(writer);
@@ -417,6 +438,7 @@ async fn copy_in(
                 &run_at,
                 &job.opts.tags,
                 &meta,
+                &job.opts.concurrency_key,
             ])
             .await?;
     }

@@ -61,6 +61,33 @@ pub struct AttemptOutcome {
     pub outcome: Outcome,
 }
 
+/// Longest error message or cancel reason stored, in bytes; longer ones are cut at a
+/// character boundary. A message often quotes a remote answer: 4 KiB keeps its gist while
+/// `errors`, which gains one per attempt, stays small.
+pub const MAX_MESSAGE_BYTES: usize = 4096;
+
+/// Longest wait an outcome can set before the next run. The worker caps handler-given delays
+/// far below this by its own setting; this bound only keeps any `Duration` a valid timestamp
+/// (PostgreSQL refuses the whole statement otherwise).
+pub const MAX_DELAY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// `message` as it can be stored: PostgreSQL's text refuses NUL, so NULs are dropped, and it
+/// is cut to [`MAX_MESSAGE_BYTES`].
+pub fn storable_message(message: &str) -> std::borrow::Cow<'_, str> {
+    if !message.contains('\0') && message.len() <= MAX_MESSAGE_BYTES {
+        return std::borrow::Cow::Borrowed(message);
+    }
+    let mut out: String = message.chars().filter(|&c| c != '\0').collect();
+    if out.len() > MAX_MESSAGE_BYTES {
+        let mut end = MAX_MESSAGE_BYTES;
+        while !out.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.truncate(end);
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Completions: the hot path, three arrays and nothing else.
 const COMPLETE: &str = "
 UPDATE jobs j
@@ -127,7 +154,8 @@ pub async fn record(
         let mut delays: Vec<Option<f64>> = Vec::with_capacity(other.len());
         let mut snoozes = Vec::with_capacity(other.len());
         let mut err_kinds: Vec<Option<&str>> = Vec::with_capacity(other.len());
-        let mut err_messages: Vec<Option<&str>> = Vec::with_capacity(other.len());
+        let mut err_messages: Vec<Option<std::borrow::Cow<'_, str>>> =
+            Vec::with_capacity(other.len());
         for o in &other {
             ids.push(o.id);
             attempts.push(o.attempt);
@@ -141,16 +169,16 @@ pub async fn record(
                 Outcome::Cancel(_) => (JobState::Cancelled, None, false, None),
             };
             states.push(state);
-            delays.push(delay.map(|d| d.as_secs_f64()));
+            delays.push(delay.map(|d| d.min(MAX_DELAY).as_secs_f64()));
             snoozes.push(snooze);
             match (err, &o.outcome) {
                 (Some(e), _) => {
                     err_kinds.push(Some(e.kind));
-                    err_messages.push(Some(&e.message));
+                    err_messages.push(Some(storable_message(&e.message)));
                 }
                 (None, Outcome::Cancel(reason)) => {
                     err_kinds.push(Some("cancelled"));
-                    err_messages.push(Some(reason));
+                    err_messages.push(Some(storable_message(reason)));
                 }
                 (None, _) => {
                     err_kinds.push(None);
@@ -176,4 +204,22 @@ pub async fn record(
             .await?;
     }
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_lose_nuls_and_are_cut_at_a_character_boundary() {
+        assert!(matches!(
+            storable_message("fine"),
+            std::borrow::Cow::Borrowed("fine")
+        ));
+        assert_eq!(storable_message("a\0b\0"), "ab");
+        let long = "é".repeat(MAX_MESSAGE_BYTES);
+        let cut = storable_message(&long);
+        assert!(cut.len() <= MAX_MESSAGE_BYTES && cut.len() >= MAX_MESSAGE_BYTES - 1);
+        assert!(cut.chars().all(|c| c == 'é'));
+    }
 }

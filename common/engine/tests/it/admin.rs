@@ -1,7 +1,8 @@
 //! Operator reads and bulk actions (`queue::admin`).
 
 use engine::queue::admin::{self, JobFilter, QueueDepth};
-use engine::queue::{JobState, control, enqueue};
+use engine::queue::outcome::{self, AttemptOutcome, Outcome};
+use engine::queue::{JobState, control, enqueue, fetch};
 use testkit::TestDb;
 
 use crate::support::{job, unique_job};
@@ -137,6 +138,75 @@ async fn bulk_actions_work_in_batches_and_count_what_they_changed() {
     assert_eq!(admin::bulk_delete(&conn, &a, 3).await.unwrap(), 8);
     let left: i64 = db.scalar("SELECT count(*) FROM jobs").await;
     assert_eq!(left, 1, "queue b is untouched");
+}
+
+/// Jobs that a bulk retry made available run and complete before its next batch: they
+/// match the filter again, and must not be retried a second time.
+#[tokio::test]
+async fn bulk_retry_touches_each_job_once_while_jobs_complete_between_batches() {
+    let db = TestDb::new().await;
+    let conn = db.conn().await;
+    let mut ids = Vec::new();
+    for n in 0..4 {
+        let id = enqueue(&conn, &job("r", n)).await.unwrap().id;
+        finish(&db, id, "completed").await;
+        ids.push(id);
+    }
+    let completed = JobFilter {
+        queue: Some("r".parse().unwrap()),
+        state: Some(JobState::Completed),
+        ..Default::default()
+    };
+    // Hold the third job's row, so the second batch waits on it after the first committed.
+    let mut blocker = testkit::db::connect(&db.url).await;
+    let tx = blocker.transaction().await.unwrap();
+    tx.execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", &[&ids[2]])
+        .await
+        .unwrap();
+    let retry = {
+        let pool = testkit::db::pool_of(&db.url, 1);
+        let filter = completed.clone();
+        tokio::spawn(async move {
+            let conn = pool.get().await.unwrap();
+            admin::bulk_retry(&conn, &filter, 2).await.unwrap()
+        })
+    };
+    // The first batch made the first two available; a worker runs and completes them.
+    testkit::wait_for(
+        "the first batch",
+        std::time::Duration::from_secs(10),
+        || async {
+            let n: i64 = db
+                .scalar("SELECT count(*) FROM jobs WHERE queue = 'r' AND state = 'available'")
+                .await;
+            (n == 2).then_some(())
+        },
+    )
+    .await;
+    let queue: std::sync::Arc<str> = "r".into();
+    let fetched = fetch::fetch(&conn, &queue, "w", std::time::Duration::from_secs(30), 10)
+        .await
+        .unwrap();
+    assert_eq!(fetched.iter().map(|j| j.id).collect::<Vec<_>>(), ids[..2]);
+    let done: Vec<AttemptOutcome> = fetched
+        .iter()
+        .map(|j| AttemptOutcome {
+            id: j.id,
+            attempt: j.attempt,
+            outcome: Outcome::Completed(None),
+        })
+        .collect();
+    assert_eq!(outcome::record(&conn, "w", &done).await.unwrap(), 2);
+    tx.rollback().await.unwrap();
+
+    assert_eq!(retry.await.unwrap(), 4, "each of the 4 jobs retried once");
+    let available: i64 = db
+        .scalar("SELECT count(*) FROM jobs WHERE queue = 'r' AND state = 'available'")
+        .await;
+    assert_eq!(
+        available, 2,
+        "the two that ran are completed, not retried again"
+    );
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@ mod db_error;
 mod enqueue;
 mod enqueue_many;
 mod fetch;
+mod limits;
 mod maintenance;
 mod migrate;
 mod notify;
