@@ -532,23 +532,24 @@ impl JobsApi {
         // Each batch commits on its own (see `admin::BULK_BATCH`), with its share of the
         // audit row: written with the first batch, its count grown by each later one.
         let mut conn = self.auth.pool().get().await?;
+        let mut run = admin::bulk_start(&conn, bulk).await?;
         let mut entry = None;
         let mut count = 0;
         loop {
             let tx = conn.transaction().await.map_err(DbError::from)?;
-            let batch = admin::bulk_batch(&tx, bulk, &filter, BULK_BATCH).await?;
+            let changed = admin::bulk_batch(&tx, &mut run, &filter, BULK_BATCH).await?;
+            let n = changed.unwrap_or(0);
             match entry {
                 None => {
                     let filter = Some(filter_json.clone());
-                    entry = Some(audit(&tx, &who, name, None, filter, batch.changed).await?);
+                    entry = Some(audit(&tx, &who, name, None, filter, n).await?);
                 }
-                Some(id) => {
-                    domain::audit::add_to_count(&tx, id, batch.changed as i64).await?;
-                }
+                Some(id) if n > 0 => domain::audit::add_to_count(&tx, id, n as i64).await?,
+                Some(_) => {}
             }
             tx.commit().await.map_err(DbError::from)?;
-            count += batch.changed;
-            if batch.seen < BULK_BATCH as u64 {
+            count += n;
+            if changed.is_none() {
                 break;
             }
         }
