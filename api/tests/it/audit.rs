@@ -55,6 +55,12 @@ async fn act(admin: &Client, job: i64) -> Vec<(&'static str, u16)> {
     out.push(("jobs.bulk_cancel", bulk.status));
     let pause = admin.post("/api/v1/queues/q1/pause").send().await;
     out.push(("queue.pause", pause.status));
+    let limits = admin
+        .request(reqwest::Method::PUT, "/api/v1/queues/q1/limits")
+        .json(&json!({"max_running": 2}))
+        .send()
+        .await;
+    out.push(("queue.limits", limits.status));
     let force = admin
         .post("/api/v1/breakers/smtp/force")
         .json(&json!({"state": "open"}))
@@ -112,7 +118,7 @@ async fn every_action_api_key_creation_included_appears_in_the_audit_log() {
     );
 }
 
-/// What the actions change: API keys, jobs and their states, paused queues, forced
+/// What the actions change: API keys, jobs and their states, paused or limited queues, forced
 /// breakers, audit rows.
 type Snapshot = (i64, i64, Option<String>, i64, i64, i64);
 
@@ -122,7 +128,7 @@ async fn snapshot(conn: &tokio_postgres::Client) -> Snapshot {
             "SELECT (SELECT count(*) FROM api_keys),
                     (SELECT count(*) FROM jobs),
                     (SELECT string_agg(state::text, ',' ORDER BY id) FROM jobs),
-                    (SELECT count(*) FROM queues WHERE paused),
+                    (SELECT count(*) FROM queues WHERE paused OR max_running IS NOT NULL),
                     (SELECT count(*) FROM breakers WHERE forced IS NOT NULL),
                     (SELECT count(*) FROM audit_log)",
             &[],
