@@ -1,5 +1,6 @@
 //! Who is calling and what they may do: password hashing (argon2id), access tokens (JWT,
-//! HS256 with `SECRET_KEY`), refresh tokens and API keys (random, stored as SHA-256), the
+//! HS256 with `SECRET_KEY`, with issuer, audience and the user's token version, checked
+//! against the user's row on every request), refresh tokens and API keys (random, stored as SHA-256), the
 //! password policy, and the security schemes every protected operation declares.
 //!
 //! The SQL is in `domain::accounts`; this module does the cryptography and the HTTP side.
@@ -21,6 +22,11 @@ use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
 
+/// The `iss` of every access token, checked.
+pub const ISSUER: &str = "quayside";
+/// The `aud` of every access token, checked: tokens of another service that shares the key
+/// are refused.
+pub const AUDIENCE: &str = "quayside-api";
 /// Lifetime of an access token.
 pub const ACCESS_TTL: Duration = Duration::from_secs(30 * 60);
 /// Lifetime of a refresh token; each refresh issues a new one with a fresh lifetime.
@@ -110,8 +116,15 @@ pub struct Claims {
     pub sub: String,
     /// The user's name.
     pub name: String,
-    /// The user's role when the token was issued.
+    /// The user's role when the token was issued (for clients; the role checked is the one
+    /// the user has now).
     pub role: Role,
+    /// The user's token version when the token was issued; refused once it changed.
+    pub ver: i64,
+    /// Issuer: [`ISSUER`].
+    pub iss: String,
+    /// Audience: [`AUDIENCE`].
+    pub aud: String,
     /// Issued at (unix seconds).
     pub iat: u64,
     /// Expires at (unix seconds).
@@ -132,7 +145,9 @@ impl Auth {
         // HS256 only: a token naming another algorithm, `none` included, is refused.
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 5;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
+        validation.set_issuer(&[ISSUER]);
+        validation.set_audience(&[AUDIENCE]);
         Arc::new(Self {
             pool,
             encoding: EncodingKey::from_secret(secret),
@@ -146,13 +161,22 @@ impl Auth {
         &self.pool
     }
 
-    /// A signed access token for `user`.
-    pub fn access_token(&self, id: i64, username: &str, role: Role) -> Result<String, ApiError> {
+    /// A signed access token for `user`, valid while its token version is `version`.
+    pub fn access_token(
+        &self,
+        id: i64,
+        username: &str,
+        role: Role,
+        version: i64,
+    ) -> Result<String, ApiError> {
         let now = unix_now();
         let claims = Claims {
             sub: id.to_string(),
             name: username.to_owned(),
             role,
+            ver: version,
+            iss: ISSUER.to_owned(),
+            aud: AUDIENCE.to_owned(),
             iat: now,
             exp: now + ACCESS_TTL.as_secs(),
         };
@@ -162,6 +186,10 @@ impl Auth {
 
     /// The caller behind `creds`, if its role is at least `min`: 401 for bad credentials,
     /// 403 for too small a role.
+    ///
+    /// A token is checked against its user's row (one read by primary key): a disabled
+    /// account or a changed token version (logout, role or password change) ends it at once,
+    /// and the role checked is the user's role now.
     pub async fn require(&self, creds: &Credentials, min: Role) -> Result<Principal, ApiError> {
         let principal = match creds {
             Credentials::Bearer(BearerAuth(b)) => {
@@ -173,12 +201,17 @@ impl Auth {
                     .sub
                     .parse()
                     .map_err(|_| ApiError::unauthorized("invalid or expired access token"))?;
+                let conn = self.pool.get().await?;
+                let session = accounts::session(&conn, id)
+                    .await?
+                    .filter(|s| s.token_version == data.claims.ver)
+                    .ok_or_else(|| ApiError::unauthorized("the session has ended: log in again"))?;
                 Principal {
                     caller: Caller::User {
                         id,
-                        username: data.claims.name,
+                        username: session.username,
                     },
-                    role: data.claims.role,
+                    role: session.role,
                 }
             }
             Credentials::ApiKey(ApiKeyAuth(k)) => {

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -17,10 +17,14 @@ use engine::config::{ConfigError, DatabaseSettings, Env, Secret, Source, parse_o
 pub const DEFAULT_PORT: u16 = 8080;
 /// Default for `API_HOST`.
 pub const DEFAULT_HOST: &str = "0.0.0.0";
-/// The development `SECRET_KEY`: fine on a laptop, refused in production.
-pub const DEV_SECRET_KEY: &str = "quayside-development-secret-key-change-me";
-/// Shortest `SECRET_KEY` accepted in production, in bytes (HS256 wants at least 256 bits).
-pub const MIN_PRODUCTION_SECRET_BYTES: usize = 32;
+/// Keys that were published (the development default of earlier versions, shipped in the
+/// code and in `.env.example`): anyone could sign tokens with them, so every environment
+/// refuses them.
+pub const PUBLISHED_SECRET_KEYS: &[&str] = &["quayside-development-secret-key-change-me"];
+/// Shortest `SECRET_KEY` accepted, in bytes (HS256 wants at least 256 bits).
+pub const MIN_SECRET_KEY_BYTES: usize = 32;
+/// Where development keeps the signing key it generates when `SECRET_KEY` is unset.
+pub const DEV_SECRET_KEY_FILE: &str = "./.data/secret_key";
 /// Default for `LOG_LEVEL`.
 pub const DEFAULT_LOG_LEVEL: &str = "info";
 /// Default for `RATE_LIMIT_REQUESTS`: requests per window per client IP.
@@ -41,9 +45,10 @@ pub const DEFAULT_UPLOADS_DIR: &str = "./.data/uploads";
 /// Where the service runs; production refuses insecure settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Environment {
-    /// A developer's machine: `.env` is read, the development secret is allowed.
+    /// A developer's machine: `.env` is read, and without `SECRET_KEY` a random key is
+    /// generated and kept in [`DEV_SECRET_KEY_FILE`].
     Development,
-    /// A production-like deployment.
+    /// A production-like deployment: `SECRET_KEY` is required.
     Staging,
     /// Production: insecure settings refuse to start, HSTS is sent.
     Production,
@@ -161,8 +166,10 @@ pub struct Settings {
     pub port: u16,
     /// `ENVIRONMENT`.
     pub environment: Environment,
-    /// `SECRET_KEY`: signs access tokens.
-    pub secret_key: Secret,
+    /// `SECRET_KEY`: signs access tokens. `None` only in development, where `main` uses
+    /// [`development_secret_key`] (and an app built without one signs with a random key
+    /// that lives as long as the app).
+    pub secret_key: Option<Secret>,
     /// `CORS_ORIGINS`: origins allowed to call the API from a browser; empty allows none.
     pub cors_origins: Vec<String>,
     /// `LOG_LEVEL`: a `tracing` filter such as `info` or `api=debug,info`.
@@ -189,10 +196,31 @@ impl Settings {
             Some(_) => parse_or(src, "PORT", DEFAULT_PORT)?,
             None => parse_or(src, "API_PORT", DEFAULT_PORT)?,
         };
-        let secret_key = Secret::new(
-            src.get("SECRET_KEY")
-                .unwrap_or_else(|| DEV_SECRET_KEY.to_owned()),
-        );
+        let secret_key = src.get("SECRET_KEY").map(Secret::new);
+        match &secret_key {
+            None if environment != Environment::Development => {
+                return Err(ConfigError::new(
+                    "SECRET_KEY",
+                    format!(
+                        "must be set in {environment}: at least {MIN_SECRET_KEY_BYTES} random bytes, e.g. `openssl rand -hex 32`"
+                    ),
+                ));
+            }
+            None => {}
+            Some(k) if PUBLISHED_SECRET_KEYS.contains(&k.expose().trim()) => {
+                return Err(ConfigError::new(
+                    "SECRET_KEY",
+                    "is a published example key that anyone can sign tokens with: set a random one, e.g. `openssl rand -hex 32`",
+                ));
+            }
+            Some(k) if k.expose().len() < MIN_SECRET_KEY_BYTES => {
+                return Err(ConfigError::new(
+                    "SECRET_KEY",
+                    format!("must be at least {MIN_SECRET_KEY_BYTES} bytes"),
+                ));
+            }
+            Some(_) => {}
+        }
         let cors_origins = list(src, "CORS_ORIGINS");
         for origin in &cors_origins {
             if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
@@ -202,25 +230,11 @@ impl Settings {
                 ));
             }
         }
-        if environment == Environment::Production {
-            if secret_key.expose() == DEV_SECRET_KEY {
-                return Err(ConfigError::new(
-                    "SECRET_KEY",
-                    "must be set in production (the development default is refused)",
-                ));
-            }
-            if secret_key.expose().len() < MIN_PRODUCTION_SECRET_BYTES {
-                return Err(ConfigError::new(
-                    "SECRET_KEY",
-                    format!("must be at least {MIN_PRODUCTION_SECRET_BYTES} bytes in production"),
-                ));
-            }
-            if cors_origins.iter().any(|o| o == "*") {
-                return Err(ConfigError::new(
-                    "CORS_ORIGINS",
-                    "`*` is refused in production: list the allowed origins",
-                ));
-            }
+        if environment == Environment::Production && cors_origins.iter().any(|o| o == "*") {
+            return Err(ConfigError::new(
+                "CORS_ORIGINS",
+                "`*` is refused in production: list the allowed origins",
+            ));
         }
         let trusted_proxies = list(src, "TRUSTED_PROXIES")
             .iter()
@@ -309,6 +323,56 @@ impl Settings {
         let src: &[(&str, &str)] = &[("DATABASE_URL", url)];
         Self::from_source(src).expect("the defaults are valid")
     }
+}
+
+/// The signing key of development kept in `path` (mode 0600), generated there (32 random
+/// bytes, hex) the first time, so that tokens survive restarts without any key being shared.
+pub fn development_secret_key(path: &Path) -> Result<Secret, ConfigError> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+
+    let fail = |what: &str, e: std::io::Error| {
+        ConfigError::new("SECRET_KEY", format!("{what} {}: {e}", path.display()))
+    };
+    match std::fs::read_to_string(path) {
+        Ok(key) => {
+            let key = key.trim().to_owned();
+            if key.len() < MIN_SECRET_KEY_BYTES {
+                return Err(ConfigError::new(
+                    "SECRET_KEY",
+                    format!("{} holds too short a key: delete it", path.display()),
+                ));
+            }
+            // Whoever loosened it, only the owner reads it.
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| fail("cannot restrict", e))?;
+            return Ok(Secret::new(key));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(fail("cannot read", e)),
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| fail("cannot create the directory of", e))?;
+    }
+    let key = random_key();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| fail("cannot create", e))?;
+    file.write_all(key.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| fail("cannot write", e))?;
+    Ok(Secret::new(key))
+}
+
+/// 32 random bytes from the OS-seeded CSPRNG, hex-encoded: a signing key.
+pub fn random_key() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The environment, then (in development only) a `.env` file in the working directory.
@@ -435,7 +499,7 @@ mod tests {
         assert_eq!(err(&[prod]).name, "SECRET_KEY");
         assert_eq!(err(&[prod, ("SECRET_KEY", "short")]).name, "SECRET_KEY");
         assert_eq!(
-            err(&[prod, ("SECRET_KEY", DEV_SECRET_KEY)]).name,
+            err(&[prod, ("SECRET_KEY", PUBLISHED_SECRET_KEYS[0])]).name,
             "SECRET_KEY"
         );
         assert_eq!(
@@ -463,11 +527,49 @@ mod tests {
     }
 
     #[test]
+    fn every_environment_but_development_needs_a_strong_key() {
+        for env in ["staging", "production"] {
+            let e = err(&[("ENVIRONMENT", env)]);
+            assert_eq!(e.name, "SECRET_KEY", "{env}");
+            assert!(!e.to_string().contains('\n'), "one line: {e}");
+        }
+        let s = Settings::from_source([URL].as_slice()).unwrap();
+        assert!(s.secret_key.is_none(), "development generates one");
+        // The published key and short keys are refused everywhere, development included.
+        assert_eq!(
+            err(&[("SECRET_KEY", PUBLISHED_SECRET_KEYS[0])]).name,
+            "SECRET_KEY"
+        );
+        assert_eq!(err(&[("SECRET_KEY", "short")]).name, "SECRET_KEY");
+    }
+
+    #[test]
+    fn the_development_key_is_random_private_and_kept() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("quayside-key-{}", random_key()));
+        let path = dir.join(".data/secret_key");
+        let first = development_secret_key(&path).unwrap();
+        assert_eq!(first.expose().len(), 64);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(
+            development_secret_key(&path).unwrap().expose(),
+            first.expose()
+        );
+        let other = dir.join("other/secret_key");
+        assert_ne!(
+            development_secret_key(&other).unwrap().expose(),
+            first.expose()
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn secrets_do_not_print() {
         let s = Settings::from_source(
             [
                 URL,
-                ("SECRET_KEY", "hunter2hunter2"),
+                ("SECRET_KEY", "hunter2hunter2hunter2hunter2hunter2"),
                 ("ADMIN_USERNAME", "root"),
                 ("ADMIN_PASSWORD", "pa55word-xyz"),
             ]

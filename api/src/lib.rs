@@ -44,7 +44,13 @@ pub fn openapi(
     metrics: Arc<Metrics>,
     settings: &config::Settings,
 ) -> OpenApiService<Apis, ()> {
-    let auth = auth::Auth::new(pool.clone(), settings.secret_key.expose().as_bytes());
+    // Without a key (development, when `main` did not provide the kept one) tokens are
+    // signed with a random key that lives as long as this app.
+    let key = settings
+        .secret_key
+        .as_ref()
+        .map_or_else(config::random_key, |k| k.expose().to_owned());
+    let auth = auth::Auth::new(pool.clone(), key.as_bytes());
     OpenApiService::new(
         (
             Probes::new(pool, metrics),
@@ -98,6 +104,9 @@ pub fn app(
         .nest("/", api)
         .nest("/docs", docs)
         .at("/openapi.json", spec)
+        .around(middleware::input::refuse_control_chars)
+        // Boxed: the type of the whole stack otherwise outgrows the compiler's depth limit.
+        .boxed()
         .around(middleware::context::errors_as_json)
         .around(move |ep, req| middleware::limits::body_limit(ep, req, max_body))
         .around(move |ep, req| middleware::limits::timeout(ep, req, timeout))

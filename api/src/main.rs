@@ -52,7 +52,8 @@ async fn main() {
         },
         _ => {}
     }
-    let settings = match load_settings() {
+    // Only serving signs tokens: `migrate` and `create-admin` leave the key alone.
+    let settings = match load_settings(cli.command.is_none()) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("api: {e}");
@@ -73,8 +74,14 @@ async fn main() {
     }
 }
 
-fn load_settings() -> Result<Settings, ConfigError> {
-    Settings::from_source(&EnvWithDotenv::load()?)
+fn load_settings(serve: bool) -> Result<Settings, ConfigError> {
+    let mut settings = Settings::from_source(&EnvWithDotenv::load()?)?;
+    if serve && settings.secret_key.is_none() {
+        // Only development gets here: the settings refuse every other environment.
+        let path = std::path::Path::new(api::config::DEV_SECRET_KEY_FILE);
+        settings.secret_key = Some(api::config::development_secret_key(path)?);
+    }
+    Ok(settings)
 }
 
 async fn run(command: Option<Command>, settings: Settings) -> anyhow::Result<()> {

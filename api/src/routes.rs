@@ -78,7 +78,8 @@ pub fn service_name(field: &str, raw: &str) -> Result<ServiceName, ApiError> {
     ServiceName::parse(raw).map_err(|e| field_error(field, e.rule()))
 }
 
-/// Record an operator action in the audit log.
+/// Record an operator action in the audit log, in the transaction of the action (`client`),
+/// so that the action commits with its record or not at all. Returns the record's id.
 pub async fn audit(
     client: &impl GenericClient,
     who: &Principal,
@@ -86,8 +87,8 @@ pub async fn audit(
     target: Option<String>,
     filter: Option<serde_json::Value>,
     count: u64,
-) -> Result<(), ApiError> {
-    domain::audit::record(
+) -> Result<i64, ApiError> {
+    Ok(domain::audit::record(
         client,
         &domain::audit::NewEntry {
             actor: &who.actor(),
@@ -98,6 +99,5 @@ pub async fn audit(
             request_id: current_request_id(),
         },
     )
-    .await?;
-    Ok(())
+    .await?)
 }

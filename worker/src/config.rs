@@ -133,4 +133,33 @@ mod tests {
             assert!(!err.to_string().contains('\n'), "{err}");
         }
     }
+
+    /// `.env.example` lists exactly the settings the worker reads (under its heading and the
+    /// one both processes share): what its components ask of the source, with and without
+    /// the settings that make them read more, and `RUST_LOG`, which `main` reads itself.
+    #[test]
+    fn env_example_lists_every_setting_the_worker_reads() {
+        use testkit::settings::{Recorder, WORKER, documented};
+        let url = ("DATABASE_URL", "postgres://u@localhost/db");
+        let mut read = std::collections::BTreeSet::from(["RUST_LOG".to_owned()]);
+        for values in [
+            &[url][..],
+            &[
+                url,
+                ("CLOUDINARY_URL", "cloudinary://key:secret@cloud"),
+                ("SMTP_SERVER", "smtp.example.org"),
+                ("SMTP_USERNAME", "u"),
+                ("SMTP_PASSWORD", "p"),
+            ],
+        ] {
+            let src = Recorder::new(values);
+            WorkerSettings::from_source(&src, None, None).expect("valid settings");
+            read.extend(src.asked());
+        }
+        assert_eq!(
+            documented(WORKER),
+            read,
+            ".env.example (left) against the code"
+        );
+    }
 }

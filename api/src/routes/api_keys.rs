@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use domain::accounts::{self, Role};
+use engine::db::DbError;
 use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
@@ -99,7 +100,8 @@ fn info(k: accounts::ApiKey) -> ApiKeyInfo {
 
 #[OpenApi(prefix_path = "/api/v1/admin/api-keys", tag = "Tag::ApiKeys")]
 impl ApiKeysApi {
-    /// Create a key (admin). The answer holds the key; it is not shown again.
+    /// Create a key (admin), recorded in the audit log. The answer holds the key; it is not
+    /// shown again.
     #[oai(path = "/", method = "post")]
     async fn create(&self, creds: Credentials, body: Json<NewApiKey>) -> Result<Created, ApiError> {
         let admin = self.auth.require(&creds, Role::Admin).await?;
@@ -121,10 +123,14 @@ impl ApiKeysApi {
         };
         let key = random_token(KEY_PREFIX);
         let prefix: String = key.chars().take(SHOWN_CHARS).collect();
-        let conn = self.auth.pool().get().await?;
+        let mut conn = self.auth.pool().get().await?;
+        let tx = conn.transaction().await.map_err(DbError::from)?;
         let stored =
-            accounts::create_api_key(&conn, &name, &prefix, &sha256(&key), role, admin.user_id())
+            accounts::create_api_key(&tx, &name, &prefix, &sha256(&key), role, admin.user_id())
                 .await?;
+        let target = Some(format!("api_key:{}", stored.id));
+        audit(&tx, &admin, "api_key.create", target, None, 1).await?;
+        tx.commit().await.map_err(DbError::from)?;
         Ok(Created::Created(Json(CreatedApiKey {
             key,
             info: info(stored),
@@ -144,10 +150,12 @@ impl ApiKeysApi {
     #[oai(path = "/:id", method = "delete")]
     async fn revoke(&self, creds: Credentials, id: Path<i64>) -> Result<Revoked, ApiError> {
         let admin = self.auth.require(&creds, Role::Admin).await?;
-        let conn = self.auth.pool().get().await?;
-        if accounts::revoke_api_key(&conn, id.0).await? {
+        let mut conn = self.auth.pool().get().await?;
+        let tx = conn.transaction().await.map_err(DbError::from)?;
+        if accounts::revoke_api_key(&tx, id.0).await? {
             let target = Some(format!("api_key:{}", id.0));
-            audit(&conn, &admin, "api_key.revoke", target, None, 1).await?;
+            audit(&tx, &admin, "api_key.revoke", target, None, 1).await?;
+            tx.commit().await.map_err(DbError::from)?;
             Ok(Revoked::Done)
         } else {
             Err(ApiError::not_found("no such live API key"))

@@ -32,7 +32,7 @@ pub struct AuditEntry {
     pub id: i64,
     /// Who: `user:<name>` or `api_key:<name>`.
     pub actor: String,
-    /// What: `job.retry`, `job.cancel`, `jobs.bulk_retry`, `jobs.bulk_cancel`,
+    /// What: `job.enqueue`, `job.retry`, `job.cancel`, `jobs.bulk_retry`, `jobs.bulk_cancel`,
     /// `jobs.bulk_delete`, `queue.pause`, `queue.resume`, `api_key.create`, `api_key.revoke`,
     /// `breaker.force_open`, `breaker.force_closed`, `breaker.clear`.
     pub action: String,
@@ -40,7 +40,7 @@ pub struct AuditEntry {
     pub target: Option<String>,
     /// The filter of a bulk action.
     pub filter: Option<Value>,
-    /// How many rows it changed.
+    /// How many rows it changed (a bulk action's grows as its batches commit).
     pub count: i64,
     /// The request that did it.
     pub request_id: Option<String>,

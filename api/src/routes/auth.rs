@@ -162,19 +162,14 @@ impl AuthApi {
         }
         let user = accounts::find_user(&conn, &username).await?;
         let ok = verify_password(password, user.as_ref().map(|u| u.password_hash.clone())).await?;
-        let Some(user) = user.filter(|_| ok) else {
+        let Some(user) = user.filter(|u| ok && u.disabled_at.is_none()) else {
             accounts::record_login_failure(&conn, &username, ip, LOGIN_FAILURE_WINDOW).await?;
             return Err(ApiError::unauthorized("wrong user name or password"));
         };
         accounts::clear_login_failures(&conn, &user.username).await?;
         let refresh = random_token("");
         accounts::start_refresh_family(&conn, user.id, &sha256(&refresh), REFRESH_TTL).await?;
-        Ok(Json(self.tokens(
-            user.id,
-            &user.username,
-            user.role,
-            refresh,
-        )?))
+        Ok(Json(self.tokens(&user, refresh)?))
     }
 
     /// Exchange a refresh token for new tokens. The old one stops working; presenting it
@@ -205,17 +200,14 @@ impl AuthApi {
         };
         let user = accounts::get_user(&tx, user_id)
             .await?
+            .filter(|u| u.disabled_at.is_none())
             .ok_or_else(|| ApiError::unauthorized("invalid or expired refresh token"))?;
         tx.commit().await.map_err(DbError::from)?;
-        Ok(Json(self.tokens(
-            user.id,
-            &user.username,
-            user.role,
-            next,
-        )?))
+        Ok(Json(self.tokens(&user, next)?))
     }
 
-    /// Log out: revoke the refresh token and every token of its session.
+    /// Log out: revoke the refresh token and every token of its session, and end the user's
+    /// access tokens at once (other sessions get new ones at their next refresh).
     #[oai(path = "/logout", method = "post")]
     async fn logout(&self, body: Json<RefreshRequest>) -> Result<LoggedOut, ApiError> {
         let conn = self.auth.pool().get().await?;
@@ -235,15 +227,14 @@ impl AuthApi {
 }
 
 impl AuthApi {
-    fn tokens(
-        &self,
-        id: i64,
-        username: &str,
-        role: Role,
-        refresh_token: String,
-    ) -> Result<TokenPair, ApiError> {
+    fn tokens(&self, user: &accounts::User, refresh_token: String) -> Result<TokenPair, ApiError> {
         Ok(TokenPair {
-            access_token: self.auth.access_token(id, username, role)?,
+            access_token: self.auth.access_token(
+                user.id,
+                &user.username,
+                user.role,
+                user.token_version,
+            )?,
             refresh_token,
             token_type: "bearer".into(),
             expires_in: ACCESS_TTL.as_secs(),

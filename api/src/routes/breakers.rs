@@ -7,6 +7,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use domain::accounts::Role;
 use engine::breaker::{self, Force, Forced, State};
+use engine::db::DbError;
 use engine::ratelimit::{self, Usage};
 use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
@@ -194,9 +195,10 @@ impl BreakersApi {
             ForceState::Clear => (Force::Clear, "breaker.clear"),
         };
         let mut conn = self.auth.pool().get().await?;
-        let out = breaker::force(&mut conn, &service, force).await?;
+        let tx = conn.transaction().await.map_err(DbError::from)?;
+        let out = breaker::force_in(&tx, &service, force).await?;
         audit(
-            &conn,
+            &tx,
             &who,
             action,
             Some(format!("breaker:{service}")),
@@ -204,6 +206,7 @@ impl BreakersApi {
             1,
         )
         .await?;
+        tx.commit().await.map_err(DbError::from)?;
         Ok(Json(view(out.breaker, None)))
     }
 }

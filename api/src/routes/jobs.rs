@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use domain::accounts::Role;
+use engine::db::DbError;
 use engine::queue::admin::{self, BULK_BATCH, JobFilter};
 use engine::queue::{JobOptions, JobRow, JobState, NewJob, control};
 use poem_openapi::param::{Path, Query};
@@ -324,8 +325,13 @@ impl JobsApi {
             tags,
             meta,
         });
-        let conn = self.auth.pool().get().await?;
-        let e = engine::queue::enqueue(&conn, &job).await?;
+        let mut conn = self.auth.pool().get().await?;
+        let tx = conn.transaction().await.map_err(DbError::from)?;
+        let e = engine::queue::enqueue(&tx, &job).await?;
+        let target = Some(format!("job:{}", e.id));
+        let count = u64::from(!e.duplicate);
+        audit(&tx, &who, "job.enqueue", target, None, count).await?;
+        tx.commit().await.map_err(DbError::from)?;
         let out = Json(EnqueuedJob {
             id: e.id,
             duplicate: e.duplicate,
@@ -404,15 +410,16 @@ impl JobsApi {
     #[oai(path = "/:id/retry", method = "post")]
     async fn retry(&self, creds: Credentials, id: Path<i64>) -> Result<Json<JobAction>, ApiError> {
         let who = self.auth.require(&creds, Role::Operator).await?;
-        let conn = self.auth.pool().get().await?;
-        let before = control::get(&conn, id.0)
+        let mut conn = self.auth.pool().get().await?;
+        let tx = conn.transaction().await.map_err(DbError::from)?;
+        let before = control::get(&tx, id.0)
             .await?
             .ok_or_else(|| ApiError::not_found("no such job"))?;
-        if !control::retry(&conn, id.0).await? {
+        if !control::retry(&tx, id.0).await? {
             return Err(ApiError::conflict("a running job cannot be retried"));
         }
         audit(
-            &conn,
+            &tx,
             &who,
             "job.retry",
             Some(format!("job:{}", id.0)),
@@ -420,6 +427,7 @@ impl JobsApi {
             1,
         )
         .await?;
+        tx.commit().await.map_err(DbError::from)?;
         Ok(Json(JobAction {
             id: id.0,
             previous_state: state(before.state),
@@ -432,11 +440,12 @@ impl JobsApi {
     #[oai(path = "/:id/cancel", method = "post")]
     async fn cancel(&self, creds: Credentials, id: Path<i64>) -> Result<Json<JobAction>, ApiError> {
         let who = self.auth.require(&creds, Role::Operator).await?;
-        let conn = self.auth.pool().get().await?;
-        match control::cancel(&conn, id.0).await? {
+        let mut conn = self.auth.pool().get().await?;
+        let tx = conn.transaction().await.map_err(DbError::from)?;
+        match control::cancel(&tx, id.0).await? {
             Some(previous) => {
                 audit(
-                    &conn,
+                    &tx,
                     &who,
                     "job.cancel",
                     Some(format!("job:{}", id.0)),
@@ -444,13 +453,14 @@ impl JobsApi {
                     1,
                 )
                 .await?;
+                tx.commit().await.map_err(DbError::from)?;
                 Ok(Json(JobAction {
                     id: id.0,
                     previous_state: state(previous),
                     state: State::Cancelled,
                 }))
             }
-            None => match control::get(&conn, id.0).await? {
+            None => match control::get(&tx, id.0).await? {
                 Some(_) => Err(ApiError::conflict("the job is already finished")),
                 None => Err(ApiError::not_found("no such job")),
             },
@@ -513,23 +523,36 @@ impl JobsApi {
                 "give at least one of queue, kind, state, tag, created_after, created_before",
             ));
         }
-        let conn = self.auth.pool().get().await?;
-        let (count, name) = match action {
-            Bulk::Retry => (
-                admin::bulk_retry(&conn, &filter, BULK_BATCH).await?,
-                "jobs.bulk_retry",
-            ),
-            Bulk::Cancel => (
-                admin::bulk_cancel(&conn, &filter, BULK_BATCH).await?,
-                "jobs.bulk_cancel",
-            ),
-            Bulk::Delete => (
-                admin::bulk_delete(&conn, &filter, BULK_BATCH).await?,
-                "jobs.bulk_delete",
-            ),
+        let (bulk, name) = match action {
+            Bulk::Retry => (admin::Bulk::Retry, "jobs.bulk_retry"),
+            Bulk::Cancel => (admin::Bulk::Cancel, "jobs.bulk_cancel"),
+            Bulk::Delete => (admin::Bulk::Delete, "jobs.bulk_delete"),
         };
         let filter_json = serde_json::to_value(&filter).map_err(ApiError::internal)?;
-        audit(&conn, &who, name, None, Some(filter_json), count).await?;
+        // Each batch commits on its own (see `admin::BULK_BATCH`), with its share of the
+        // audit row: written with the first batch, its count grown by each later one.
+        let mut conn = self.auth.pool().get().await?;
+        let mut run = admin::bulk_start(&conn, bulk).await?;
+        let mut entry = None;
+        let mut count = 0;
+        loop {
+            let tx = conn.transaction().await.map_err(DbError::from)?;
+            let changed = admin::bulk_batch(&tx, &mut run, &filter, BULK_BATCH).await?;
+            let n = changed.unwrap_or(0);
+            match entry {
+                None => {
+                    let filter = Some(filter_json.clone());
+                    entry = Some(audit(&tx, &who, name, None, filter, n).await?);
+                }
+                Some(id) if n > 0 => domain::audit::add_to_count(&tx, id, n as i64).await?,
+                Some(_) => {}
+            }
+            tx.commit().await.map_err(DbError::from)?;
+            count += n;
+            if changed.is_none() {
+                break;
+            }
+        }
         Ok(Json(BulkResult { count }))
     }
 }

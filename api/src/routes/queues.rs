@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use domain::accounts::Role;
+use engine::db::DbError;
 use engine::queue::limits::{KeyPath, QueueLimits};
 use engine::queue::{JobState, admin, control, limits};
 use poem_openapi::param::Path;
@@ -207,11 +208,12 @@ impl QueuesApi {
             key_path: body.key_path.as_deref().map(KeyPath::parse).transpose()?,
         };
         new.validate()?;
-        let conn = self.auth.pool().get().await?;
-        limits::set(&conn, &name, &new).await?;
+        let mut conn = self.auth.pool().get().await?;
+        let tx = conn.transaction().await.map_err(DbError::from)?;
+        limits::set(&tx, &name, &new).await?;
         let detail = serde_json::to_value(&new).ok();
         audit(
-            &conn,
+            &tx,
             &who,
             "queue.limits",
             Some(format!("queue:{name}")),
@@ -219,6 +221,7 @@ impl QueuesApi {
             1,
         )
         .await?;
+        tx.commit().await.map_err(DbError::from)?;
         Ok(Json(QueueLimitsSet {
             name: name.into(),
             limits: new.into(),
@@ -258,18 +261,20 @@ impl QueuesApi {
     ) -> Result<Json<QueuePaused>, ApiError> {
         let who = self.auth.require(&creds, Role::Operator).await?;
         let name = queue_name("name", &name)?;
-        let conn = self.auth.pool().get().await?;
+        let mut conn = self.auth.pool().get().await?;
+        let tx = conn.transaction().await.map_err(DbError::from)?;
         if paused {
-            control::pause(&conn, &name).await?;
+            control::pause(&tx, &name).await?;
         } else {
-            control::resume(&conn, &name).await?;
+            control::resume(&tx, &name).await?;
         }
         let action = if paused {
             "queue.pause"
         } else {
             "queue.resume"
         };
-        audit(&conn, &who, action, Some(format!("queue:{name}")), None, 1).await?;
+        audit(&tx, &who, action, Some(format!("queue:{name}")), None, 1).await?;
+        tx.commit().await.map_err(DbError::from)?;
         Ok(Json(QueuePaused {
             name: name.into(),
             paused,

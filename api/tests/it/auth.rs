@@ -208,8 +208,11 @@ async fn expired_tampered_foreign_and_unsigned_tokens_are_401() {
     let db = TestDb::new().await;
     let cli = client(&db);
     let good = token(&db, &cli, "alice", Role::User).await;
-    let secret = api::config::DEV_SECRET_KEY;
-    let claims = |exp: u64, role: &str| json!({"sub": "1", "name": "alice", "role": role, "iat": now(), "exp": exp});
+    let secret = crate::support::SECRET_KEY;
+    let claims = |exp: u64, role: &str| {
+        json!({"sub": "1", "name": "alice", "role": role, "ver": 0, "iss": api::auth::ISSUER,
+               "aud": api::auth::AUDIENCE, "iat": now(), "exp": exp})
+    };
     let expired = signed(claims(now() - 120, "user"), secret);
     let foreign = signed(
         claims(now() + 600, "admin"),

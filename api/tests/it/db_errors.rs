@@ -34,18 +34,9 @@ async fn hanging_up_server() -> u16 {
     port
 }
 
-/// An operator's access token signed with the development key.
+/// An admin's access token signed with the test apps' key.
 fn operator_token() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &json!({"sub": "1", "name": "ops", "role": "admin", "iat": now, "exp": now + 600}),
-        &jsonwebtoken::EncodingKey::from_secret(api::config::DEV_SECRET_KEY.as_bytes()),
-    )
-    .unwrap()
+    crate::support::signed_token(1, "ops", "admin", 600)
 }
 
 #[tokio::test]
@@ -55,10 +46,7 @@ async fn a_connection_lost_mid_request_is_a_503_on_every_route() {
         hanging_up_server().await
     );
     let pool = engine::db::pool(&engine::config::DatabaseSettings::for_url(&url)).unwrap();
-    let cli = TestClient::new(api::app(
-        pool,
-        &api::config::Settings::for_database_url(&url),
-    ));
+    let cli = TestClient::new(api::app(pool, &crate::support::settings_for_url(&url, &[])));
     let bearer = format!("Bearer {}", operator_token());
     let login = json!({"username": "someone", "password": "whatever it is"});
     for (method, path) in [

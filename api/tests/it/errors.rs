@@ -59,18 +59,9 @@ async fn a_lost_database_is_a_503_logged_once_and_not_described() {
     let port = testkit::free_port().unwrap();
     let url = format!("postgres://nobody@127.0.0.1:{port}/none");
     let pool = engine::db::pool(&engine::config::DatabaseSettings::for_url(&url)).unwrap();
-    let settings = api::config::Settings::for_database_url(&url);
+    let settings = crate::support::settings_for_url(&url, &[]);
     let cli = poem::test::TestClient::new(api::app(pool, &settings));
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let token = jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &serde_json::json!({"sub": "1", "name": "ops", "role": "operator", "iat": now, "exp": now + 600}),
-        &jsonwebtoken::EncodingKey::from_secret(api::config::DEV_SECRET_KEY.as_bytes()),
-    )
-    .unwrap();
+    let token = crate::support::signed_token(1, "ops", "operator", 600);
     let logs = Captured::default();
     let subscriber = tracing_subscriber::fmt()
         .json()

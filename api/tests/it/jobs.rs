@@ -261,8 +261,13 @@ async fn retry_cancel_and_bulk_actions_are_audited() {
             "jobs.bulk_cancel",
             "jobs.bulk_retry",
             "jobs.bulk_cancel",
+            "job.enqueue",
+            "job.enqueue",
+            "job.enqueue",
+            "job.enqueue",
             "job.retry",
-            "job.cancel"
+            "job.cancel",
+            "job.enqueue"
         ]
     );
     let newest = &log["entries"][0];
@@ -270,7 +275,7 @@ async fn retry_cancel_and_bulk_actions_are_audited() {
     assert_eq!(newest["count"], 5);
     assert_eq!(newest["filter"], json!({"tag": "t"}));
     assert_eq!(newest["request_id"], "req-audit");
-    assert_eq!(log["entries"][5]["target"], format!("job:{id}"));
+    assert_eq!(log["entries"][9]["target"], format!("job:{id}"));
 }
 
 #[tokio::test]

@@ -185,3 +185,30 @@ async fn health_follows_the_database_going_away_and_coming_back() {
     tokio::time::sleep(std::time::Duration::from_millis(150)).await;
     cli.get("/health").send().await.assert_status_is_ok();
 }
+
+/// `.env.example` lists exactly the settings the API reads (under its heading and the one
+/// both processes share): what `Settings` asks of its source, with and without the settings
+/// that make it read more.
+#[test]
+fn env_example_lists_every_setting_the_api_reads() {
+    use testkit::settings::{API, Recorder, documented};
+    let mut read = std::collections::BTreeSet::new();
+    for values in [
+        &[("DATABASE_URL", "postgres://u@h/db")][..],
+        &[
+            ("DATABASE_URL", "postgres://u@h/db"),
+            ("PORT", "8080"),
+            ("ADMIN_USERNAME", "root"),
+            ("ADMIN_PASSWORD", "pw"),
+        ],
+    ] {
+        let src = Recorder::new(values);
+        api::config::Settings::from_source(&src).expect("valid settings");
+        read.extend(src.asked());
+    }
+    assert_eq!(
+        documented(API),
+        read,
+        ".env.example (left) against the code"
+    );
+}

@@ -27,11 +27,45 @@ pub fn assert_error(body: &Value, code: &str) -> String {
     id
 }
 
-/// Settings for `db` with `extra` on top of the defaults.
+/// Settings for `db` with `extra` on top of the defaults and [`SECRET_KEY`].
 pub fn settings(db: &TestDb, extra: &[(&str, &str)]) -> Settings {
-    let mut all = vec![("DATABASE_URL", db.url.as_str())];
-    all.extend_from_slice(extra);
+    settings_for_url(&db.url, extra)
+}
+
+/// Settings for the database at `url` with `extra` on top of the defaults and [`SECRET_KEY`].
+pub fn settings_for_url(url: &str, extra: &[(&str, &str)]) -> Settings {
+    // The first of a name wins: `extra` before the defaults.
+    let mut all = extra.to_vec();
+    all.extend_from_slice(&[("DATABASE_URL", url), ("SECRET_KEY", SECRET_KEY)]);
     Settings::from_source(all.as_slice()).expect("valid test settings")
+}
+
+/// An access token the test apps accept for user `id` (if the row agrees: its name, its
+/// token version 0), signed with [`SECRET_KEY`] and expiring in `ttl_s` seconds (negative:
+/// expired).
+pub fn signed_token(id: i64, name: &str, role: &str, ttl_s: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    sign(
+        &serde_json::json!({
+            "sub": id.to_string(), "name": name, "role": role, "ver": 0,
+            "iss": api::auth::ISSUER, "aud": api::auth::AUDIENCE,
+            "iat": now, "exp": now + ttl_s,
+        }),
+        SECRET_KEY,
+    )
+}
+
+/// `claims` signed with HS256 and `secret`.
+pub fn sign(claims: &Value, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
 }
 
 /// A client of the app on `db` with default settings.
@@ -44,7 +78,7 @@ pub fn client_with(db: &TestDb, extra: &[(&str, &str)]) -> TestClient<BoxEndpoin
     TestClient::new(api::app(db.pool.clone(), &settings(db, extra)).boxed())
 }
 
-pub use testkit::fixtures::PASSWORD;
+pub use testkit::fixtures::{PASSWORD, SECRET_KEY};
 
 /// Create a user with `role` directly in the database (registration only makes `user`s).
 pub async fn create_user(db: &TestDb, username: &str, role: Role) {

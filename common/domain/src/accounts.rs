@@ -66,9 +66,15 @@ pub struct User {
     pub role: Role,
     /// When it was created.
     pub created_at: DateTime<Utc>,
+    /// Bumped by a logout, a role or password change and disabling the account; an access
+    /// token issued with an older version is refused.
+    pub token_version: i64,
+    /// When the account was disabled: it may not log in, refresh or use a token.
+    pub disabled_at: Option<DateTime<Utc>>,
 }
 
-const USER_COLUMNS: &str = "id, username, password_hash, role, created_at";
+const USER_COLUMNS: &str =
+    "id, username, password_hash, role, created_at, token_version, disabled_at";
 
 fn user(r: &tokio_postgres::Row) -> User {
     User {
@@ -77,13 +83,15 @@ fn user(r: &tokio_postgres::Row) -> User {
         password_hash: r.get(2),
         role: r.get(3),
         created_at: r.get(4),
+        token_version: r.get(5),
+        disabled_at: r.get(6),
     }
 }
 
 const INSERT_USER: &str = "
 INSERT INTO users (username, password_hash, role) VALUES ($1, $2, $3)
 ON CONFLICT ((lower(username))) DO NOTHING
-RETURNING id, username, password_hash, role, created_at";
+RETURNING id, username, password_hash, role, created_at, token_version, disabled_at";
 
 /// Create a user; `None` when the name is taken (whatever its case).
 pub async fn create_user(
@@ -111,6 +119,32 @@ pub async fn get_user(client: &impl GenericClient, id: i64) -> Result<Option<Use
     let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
     let row = client.query_opt(&sql, &[&id]).await?;
     Ok(row.as_ref().map(user))
+}
+
+/// What an access token is checked against on every request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// The user's name now.
+    pub username: String,
+    /// The user's role now.
+    pub role: Role,
+    /// The user's token version now.
+    pub token_version: i64,
+}
+
+const SESSION: &str =
+    "SELECT username, role, token_version FROM users WHERE id = $1 AND disabled_at IS NULL";
+
+/// The live (not disabled) user `id` as an access token is checked against: one read by
+/// primary key, prepared once per connection.
+pub async fn session(client: &impl GenericClient, id: i64) -> Result<Option<Session>> {
+    let stmt = client.prepare_cached(SESSION).await?;
+    let row = client.query_opt(&stmt, &[&id]).await?;
+    Ok(row.map(|r| Session {
+        username: r.get(0),
+        role: r.get(1),
+        token_version: r.get(2),
+    }))
 }
 
 const INSERT_REFRESH: &str = "
@@ -194,13 +228,25 @@ pub async fn rotate_refresh(
 }
 
 const REVOKE_FAMILY_OF_HASH: &str = "
-UPDATE refresh_tokens SET revoked_at = now()
- WHERE family = (SELECT family FROM refresh_tokens WHERE token_hash = $1) AND revoked_at IS NULL";
+WITH revoked AS (
+  UPDATE refresh_tokens SET revoked_at = now()
+   WHERE family = (SELECT family FROM refresh_tokens WHERE token_hash = $1) AND revoked_at IS NULL
+  RETURNING user_id),
+bumped AS (
+  UPDATE users SET token_version = token_version + 1
+   WHERE id IN (SELECT user_id FROM revoked))
+SELECT count(*) FROM revoked";
 
-/// Revoke the family of the refresh token hashed `hash` (logout). Returns how many tokens
-/// were revoked; 0 for an unknown or already revoked token.
+/// Revoke the family of the refresh token hashed `hash` (logout), and end the user's access
+/// tokens by bumping their token version (every access token of the user: they do not say
+/// which session issued them; other sessions get new ones at their next refresh). Returns
+/// how many refresh tokens were revoked; 0 for an unknown or already revoked token.
 pub async fn revoke_refresh_family(client: &impl GenericClient, hash: &[u8]) -> Result<u64> {
-    Ok(client.execute(REVOKE_FAMILY_OF_HASH, &[&hash]).await?)
+    let n: i64 = client
+        .query_one(REVOKE_FAMILY_OF_HASH, &[&hash])
+        .await?
+        .get(0);
+    Ok(n as u64)
 }
 
 /// An API key as listed (never the key itself).

@@ -1,4 +1,7 @@
-//! The audit log of operator actions: appended after each action, read newest first.
+//! The audit log of operator actions: each row written in the transaction of its action (so
+//! an action commits with its row or not at all), read newest first. A bulk action, which
+//! commits batch by batch, writes its row with its first batch and adds each later batch's
+//! count in that batch's transaction: the row always says what was committed.
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
@@ -44,13 +47,13 @@ pub struct Entry {
 
 const INSERT: &str = "
 INSERT INTO audit_log (actor, action, target, filter, count, request_id)
-VALUES ($1, $2, $3, $4, $5, $6)";
+VALUES ($1, $2, $3, $4, $5, $6) RETURNING id";
 
-/// Append `e`.
-pub async fn record(client: &impl GenericClient, e: &NewEntry<'_>) -> Result<(), DbError> {
+/// Append `e`, in the transaction of its action; returns its id.
+pub async fn record(client: &impl GenericClient, e: &NewEntry<'_>) -> Result<i64, DbError> {
     let stmt = client.prepare_cached(INSERT).await?;
-    client
-        .execute(
+    let row = client
+        .query_one(
             &stmt,
             &[
                 &e.actor,
@@ -62,6 +65,15 @@ pub async fn record(client: &impl GenericClient, e: &NewEntry<'_>) -> Result<(),
             ],
         )
         .await?;
+    Ok(row.get(0))
+}
+
+const ADD_COUNT: &str = "UPDATE audit_log SET count = count + $2 WHERE id = $1";
+
+/// Add `n` rows to entry `id`'s count: a later batch of a bulk action, in its transaction.
+pub async fn add_to_count(client: &impl GenericClient, id: i64, n: i64) -> Result<(), DbError> {
+    let stmt = client.prepare_cached(ADD_COUNT).await?;
+    client.execute(&stmt, &[&id, &n]).await?;
     Ok(())
 }
 

@@ -242,10 +242,20 @@ pub async fn force(
     service: &ServiceName,
     force: Force,
 ) -> Result<Outcome<()>, DbError> {
-    locked(client, service.as_str(), |b, now| {
-        ((), b.force_at(force, now))
-    })
-    .await
+    let tx = client.transaction().await?;
+    let out = force_in(&tx, service, force).await?;
+    tx.commit().await?;
+    Ok(out)
+}
+
+/// [`force`] inside the caller's transaction `tx`, so that what the caller records about
+/// the override commits with it or not at all.
+pub async fn force_in(
+    tx: &impl GenericClient,
+    service: &ServiceName,
+    force: Force,
+) -> Result<Outcome<()>, DbError> {
+    locked_in(tx, service.as_str(), |b, now| ((), b.force_at(force, now))).await
 }
 
 const LIST: &str = "SELECT service, state, consecutive_failures, window_started_at, \
@@ -280,6 +290,17 @@ async fn locked<T>(
     decide: impl FnOnce(&mut Breaker, DateTime<Utc>) -> (T, Option<Transition>),
 ) -> Result<Outcome<T>, DbError> {
     let tx = client.transaction().await?;
+    let out = locked_in(&tx, service, decide).await?;
+    tx.commit().await?;
+    Ok(out)
+}
+
+/// [`locked`] inside the transaction `tx`.
+async fn locked_in<T>(
+    tx: &impl GenericClient,
+    service: &str,
+    decide: impl FnOnce(&mut Breaker, DateTime<Utc>) -> (T, Option<Transition>),
+) -> Result<Outcome<T>, DbError> {
     let row = tx.query_one(LOCK, &[&service]).await?;
     let now: DateTime<Utc> = row.get(13);
     let before = from_row(&row);
@@ -307,7 +328,6 @@ async fn locked<T>(
         )
         .await?;
     }
-    tx.commit().await?;
     Ok(Outcome {
         value,
         transition,

@@ -1,7 +1,7 @@
 //! The team the registration tests register (Harbour Lions of St Mark's Church, captained by
 //! Cap Tain, two players), as the public form's fields, as a multipart form for a real
 //! listener, or inserted straight into the database; its logo; the password that passes the
-//! policy; the admin the started `api` creates.
+//! policy; the admin the started `api` creates; the signing key of the apps the tests start.
 
 use domain::registrations::{self as reg, NewLogo, NewTeam, Player};
 use serde_json::json;
@@ -22,6 +22,10 @@ pub const TEAM_NAME: &str = "Harbour Lions";
 
 /// A password that passes the policy.
 pub const PASSWORD: &str = "correct horse battery staple";
+
+/// The `SECRET_KEY` of the apps the tests start (a test's own: no deployment has it), so a
+/// test can sign the tokens it needs.
+pub const SECRET_KEY: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
 
 /// The admin a started `api` creates (with [`PASSWORD`]), see [`admin_env`].
 pub const ADMIN: &str = "root";

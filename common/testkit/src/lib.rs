@@ -14,7 +14,8 @@
 //! - [`process`]: the real `api` and `worker` binaries as child processes: a free port, waiting
 //!   for `/health`, their logs, signals, the admin login;
 //! - [`fixtures`]: the team every registration test registers, and the password they log in
-//!   with.
+//!   with;
+//! - [`settings`]: the settings a process reads, against those `.env.example` lists.
 //!
 //! [`free_port`] is the one way to pick a port.
 
@@ -28,6 +29,7 @@ pub mod fake;
 pub mod fixtures;
 pub mod http;
 pub mod process;
+pub mod settings;
 pub mod wait;
 
 pub use cluster::free_port;

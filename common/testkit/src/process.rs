@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::fixtures::{ADMIN, PASSWORD};
+use crate::fixtures::{ADMIN, PASSWORD, SECRET_KEY};
 use crate::http::Client;
 use crate::{free_port, wait_for};
 
@@ -136,12 +136,27 @@ impl Api {
 
     /// [`Api::start`] with its logs as `logs` says.
     pub async fn start_with(binary: impl AsRef<Path>, env: &[(&str, &str)], logs: Logs) -> Api {
+        Api::start_in(binary, None, env, logs).await
+    }
+
+    /// [`Api::start_with`] in the working directory `dir` (the test's, when `None`).
+    /// `SECRET_KEY` is [`SECRET_KEY`] unless `env` sets it (an empty value counts as unset).
+    pub async fn start_in(
+        binary: impl AsRef<Path>,
+        dir: Option<&Path>,
+        env: &[(&str, &str)],
+        logs: Logs,
+    ) -> Api {
         let port = free_port().expect("a free port");
         let mut cmd = Command::new(binary.as_ref());
         cmd.env_clear()
             .env("PORT", port.to_string())
             .env("API_HOST", "127.0.0.1")
+            .env("SECRET_KEY", SECRET_KEY)
             .envs(env.iter().copied());
+        if let Some(dir) = dir {
+            cmd.current_dir(dir);
+        }
         match logs {
             Logs::Quiet => quiet_unless_test_log(&mut cmd, "LOG_LEVEL"),
             Logs::Captured => cmd

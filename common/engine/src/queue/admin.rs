@@ -150,7 +150,7 @@ pub async fn bulk_cancel(
     filter: &JobFilter,
     batch: i64,
 ) -> Result<u64> {
-    in_batches(client, BULK_CANCEL, filter, batch).await
+    in_batches(client, Bulk::Cancel, filter, batch).await
 }
 
 const BULK_DELETE: &str = concat!(
@@ -169,7 +169,7 @@ pub async fn bulk_delete(
     filter: &JobFilter,
     batch: i64,
 ) -> Result<u64> {
-    in_batches(client, BULK_DELETE, filter, batch).await
+    in_batches(client, Bulk::Delete, filter, batch).await
 }
 
 const BULK_RETRY: &str = concat!(
@@ -204,53 +204,106 @@ pub async fn bulk_retry(
     filter: &JobFilter,
     batch: i64,
 ) -> Result<u64> {
-    in_batches(client, BULK_RETRY, filter, batch).await
+    in_batches(client, Bulk::Retry, filter, batch).await
 }
 
-/// Run `sql` (a bulk action on at most `batch` rows matching `filter` in an id range) from
-/// the oldest id to the newest at the start, until a run finds no row: a run can find fewer
-/// than `batch` and still not be the last, when rows it waited for changed under it. Wakes
-/// the workers of the queues it reports. Returns how many rows it changed in all.
+/// A bulk action of operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bulk {
+    /// [`bulk_retry`].
+    Retry,
+    /// [`bulk_cancel`].
+    Cancel,
+    /// [`bulk_delete`].
+    Delete,
+}
+
+/// A bulk action under way: its bounds, from [`bulk_start`], advanced by each
+/// [`bulk_batch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BulkRun {
+    action: Bulk,
+    /// The newest id when the action started.
+    newest: i64,
+    /// The last id a batch looked at.
+    after: i64,
+}
+
+/// Start `action`: it will touch jobs up to the newest id now.
+pub async fn bulk_start(client: &impl GenericClient, action: Bulk) -> Result<BulkRun> {
+    let newest: i64 = client.query_one(NEWEST_ID, &[]).await?.get(0);
+    Ok(BulkRun {
+        action,
+        newest,
+        after: 0,
+    })
+}
+
+/// One batch of `run`: at most `batch` rows matching `filter` after the last batch's, waking
+/// the workers of the queues it made available. Returns how many rows it changed, or `None`
+/// when it found no row: the action is done. The bulk functions run these until `None`; a
+/// caller that records each batch (the audit log) runs each in its own transaction with the
+/// record.
+pub async fn bulk_batch(
+    client: &impl GenericClient,
+    run: &mut BulkRun,
+    filter: &JobFilter,
+    batch: i64,
+) -> Result<Option<u64>> {
+    let sql = match run.action {
+        Bulk::Retry => BULK_RETRY,
+        Bulk::Cancel => BULK_CANCEL,
+        Bulk::Delete => BULK_DELETE,
+    };
+    let stmt = client.prepare_cached(sql).await?;
+    let row = client
+        .query_one(
+            &stmt,
+            &[
+                &filter.queue,
+                &filter.kind,
+                &filter.state,
+                &filter.tag,
+                &filter.created_after,
+                &filter.created_before,
+                &run.after,
+                &run.newest,
+                &batch,
+            ],
+        )
+        .await?;
+    let (seen, last, changed, queues): (i64, Option<i64>, i64, Vec<String>) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    for queue in &queues {
+        client
+            .execute("SELECT pg_notify($1, $2)", &[&NOTIFY_CHANNEL, queue])
+            .await?;
+    }
+    match last {
+        Some(last) if seen > 0 => {
+            run.after = last;
+            Ok(Some(changed as u64))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Run `action` (a bulk action on at most `batch` rows matching `filter` in an id range)
+/// from the oldest id to the newest at the start, until a run finds no row: a run can find
+/// fewer than `batch` and still not be the last, when rows it waited for changed under it.
+/// Returns how many rows it changed in all.
 async fn in_batches(
     client: &impl GenericClient,
-    sql: &str,
+    action: Bulk,
     filter: &JobFilter,
     batch: i64,
 ) -> Result<u64> {
-    let newest: i64 = client.query_one(NEWEST_ID, &[]).await?.get(0);
-    let stmt = client.prepare_cached(sql).await?;
-    let mut after = 0_i64;
+    let mut run = bulk_start(client, action).await?;
     let mut total = 0;
-    loop {
-        let row = client
-            .query_one(
-                &stmt,
-                &[
-                    &filter.queue,
-                    &filter.kind,
-                    &filter.state,
-                    &filter.tag,
-                    &filter.created_after,
-                    &filter.created_before,
-                    &after,
-                    &newest,
-                    &batch,
-                ],
-            )
-            .await?;
-        let (seen, last, changed, queues): (i64, Option<i64>, i64, Vec<String>) =
-            (row.get(0), row.get(1), row.get(2), row.get(3));
-        total += changed as u64;
-        for queue in &queues {
-            client
-                .execute("SELECT pg_notify($1, $2)", &[&NOTIFY_CHANNEL, queue])
-                .await?;
-        }
-        match last {
-            Some(last) if seen > 0 => after = last,
-            _ => return Ok(total),
-        }
+    while let Some(changed) = bulk_batch(client, &mut run, filter, batch).await? {
+        total += changed;
     }
+    Ok(total)
 }
 
 /// One queue's state for operators.
