@@ -93,9 +93,9 @@ const LOCK_QUEUE: &str = "SELECT pg_advisory_xact_lock($1, hashtext($2))";
 /// The limited fetch, run under the queue's advisory lock. `$1` queue, `$2` worker, `$3`
 /// lease seconds, `$4` free slots, `$5` how many available rows to consider.
 ///
-/// `running` reads the queue's running jobs through `jobs_running_idx` (as many as the
-/// cluster's slots at most), with each job's key: its `concurrency_key`, else its args at the
-/// queue's key path. `room` is what the queue limit leaves. `candidates` walks the available
+/// `running` reads the queue's running jobs through `jobs_lease_idx` (only running rows, as
+/// many as the cluster's slots at most), with each job's key: its `concurrency_key`, else
+/// its args at the queue's key path. `room` is what the queue limit leaves. `candidates` walks the available
 /// rows in the queue's order, skipping keys already at their limit (a hashed `NOT IN`: as an
 /// anti-join against the CTE it was planned as a nested loop, 3.3 s over 19,000 rows of busy
 /// keys; hashed, 7 ms), so a busy key never blocks the rest of the queue (head-of-line); the
