@@ -50,15 +50,20 @@ impl Sampler {
                 .await
                 .unwrap();
             let mut p = Peaks::default();
-            while !flag.load(Ordering::Relaxed) {
+            // One sample after the stop too: what the test saw just before it asked for the
+            // peaks must be among them, however the sleeps fell.
+            loop {
+                let last = flag.load(Ordering::Relaxed);
                 let r = conn.query_one(&stmt, &[&QUEUE]).await.unwrap();
                 p.running = p.running.max(r.get(0));
                 p.per_key = p.per_key.max(r.get(1));
                 p.keys = p.keys.max(r.get(2));
                 p.samples += 1;
+                if last {
+                    return p;
+                }
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
-            p
         });
         Sampler { stop, task }
     }
