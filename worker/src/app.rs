@@ -27,6 +27,8 @@ pub struct AppSettings {
     pub mail: MailSettings,
     /// The application's maintenance passes.
     pub housekeeping: HousekeepingSettings,
+    /// The hosts the diagnostic `noop` kind may call.
+    pub noop_calls: noop::CallHosts,
 }
 
 /// What handlers use besides their args: a pool, and the storage and mail delivery chosen once
@@ -41,6 +43,8 @@ pub struct Services {
     pub confirmation: Arc<Confirmation>,
     /// Keep a logo's bytes after its upload succeeded (`LOGO_KEEP_AFTER_UPLOAD`).
     pub keep_logo_bytes: bool,
+    /// The hosts a `noop` job may call (`NOOP_CALL_HOSTS`).
+    pub noop_calls: Arc<noop::CallHosts>,
 }
 
 /// The external services with breaker and rate-limit settings of their own, each declared by
@@ -61,6 +65,7 @@ impl AppSettings {
             mail: MailSettings::from_source(src)?,
             upload: UploadSettings::from_source(src)?,
             housekeeping: HousekeepingSettings::from_source(src)?,
+            noop_calls: noop::CallHosts::from_source(src)?,
         })
     }
 }
@@ -92,6 +97,7 @@ impl Services {
             storage: Arc::new(LocalStorage::new(&settings.upload.uploads_dir)),
             confirmation: Arc::new(Confirmation::embedded(&settings.mail)),
             keep_logo_bytes: settings.upload.keep_logo_bytes,
+            noop_calls: Arc::new(settings.noop_calls.clone()),
         }
     }
 }
@@ -99,7 +105,11 @@ impl Services {
 /// Every handler of the application; one per registered kind.
 pub fn handlers(services: &Services) -> anyhow::Result<Handlers> {
     let mut h = Handlers::new(domain::jobs::KINDS);
-    h.register(noop::run)?;
+    let calls = services.noop_calls.clone();
+    h.register(move |args, ctx| {
+        let calls = calls.clone();
+        async move { noop::run_with(args, ctx, &calls).await }
+    })?;
     let (pool, storage) = (services.pool.clone(), services.storage.clone());
     let keep = services.keep_logo_bytes;
     h.register(move |args, ctx| upload_logo::run(args, ctx, pool.clone(), storage.clone(), keep))?;

@@ -13,7 +13,7 @@ use testkit::http::Client;
 use testkit::process::Process;
 use testkit::{TestDb, wait_for};
 
-use crate::harness::{fast_env, wait_count, with_env, worker};
+use crate::harness::{InProcess, fast_env, wait_count, wait_final, with_env, worker};
 
 /// A stand-in for an external service: answers 200, or 500 while failing.
 struct FakeService {
@@ -287,4 +287,24 @@ async fn a_global_rate_limit_holds_across_processes() {
         snoozed >= 30,
         "jobs waited for their slot ({snoozed} snoozes)"
     );
+}
+
+#[tokio::test]
+async fn a_noop_call_to_a_host_not_allowed_is_discarded_without_a_connection() {
+    let db = TestDb::new().await;
+    let server = FakeService::start(false).await;
+    // The server listens on 127.0.0.1; the worker may call only another host.
+    let env = with_env(fast_env(&db.url), "NOOP_CALL_HOSTS", "allowed.example:80");
+    let w = InProcess::start(&env, "default", 4);
+    let ids = enqueue_calls(&db, &server, "elsewhere", 1, 3).await;
+    let job = wait_final(&db, ids[0], Duration::from_secs(20)).await;
+    w.shutdown().await;
+    assert_eq!(job.state, JobState::Discarded);
+    assert_eq!(job.attempt, 1, "refused at once, not retried");
+    assert!(
+        job.errors[0].message.contains("NOOP_CALL_HOSTS"),
+        "{:?}",
+        job.errors
+    );
+    assert!(server.calls().is_empty(), "no request reached the server");
 }

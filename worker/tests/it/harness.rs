@@ -19,6 +19,8 @@ pub fn fast_env(url: &str) -> Vec<(&'static str, String)> {
         ("WORKER_RESCUE_INTERVAL_MS", "300".into()),
         ("WORKER_SCHEDULE_INTERVAL_MS", "100".into()),
         ("WORKER_SHUTDOWN_TIMEOUT_MS", "5000".into()),
+        // The tests' stand-ins for outside services listen on loopback.
+        ("NOOP_CALL_HOSTS", "127.0.0.1".into()),
     ]
 }
 
