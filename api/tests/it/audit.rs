@@ -155,14 +155,7 @@ async fn an_action_whose_audit_row_cannot_be_written_changes_nothing() {
     let before = snapshot(&conn).await;
     // The audit log refuses every row, as a full disk or a lost connection at that moment
     // would.
-    conn.batch_execute(
-        "CREATE FUNCTION refuse_audit() RETURNS trigger LANGUAGE plpgsql AS
-           $$ BEGIN RAISE EXCEPTION 'the audit log is unavailable'; END $$;
-         CREATE TRIGGER refuse_audit BEFORE INSERT OR UPDATE ON audit_log
-           FOR EACH ROW EXECUTE FUNCTION refuse_audit();",
-    )
-    .await
-    .unwrap();
+    db.refuse_writes("audit_log").await;
     for (action, status) in act(&admin, job).await {
         assert_eq!(status, 500, "{action} succeeded without its audit row");
     }

@@ -358,16 +358,7 @@ async fn fifty_concurrent_registrations_get_fifty_distinct_ids() {
 #[tokio::test]
 async fn a_failing_enqueue_rolls_the_registration_back() {
     let db = TestDb::new().await;
-    db.conn()
-        .await
-        .batch_execute(
-            "CREATE FUNCTION refuse_jobs() RETURNS trigger LANGUAGE plpgsql AS
-               $$ BEGIN RAISE EXCEPTION 'jobs refused by the test'; END $$;
-             CREATE TRIGGER refuse_jobs BEFORE INSERT ON jobs
-               FOR EACH ROW EXECUTE FUNCTION refuse_jobs();",
-        )
-        .await
-        .unwrap();
+    db.refuse_writes("jobs").await;
     let cli = client_with(&db, &[]);
     let resp = post(&cli, valid_form("Harbour Lions"), Some("rollback-key")).await;
     resp.assert_status(StatusCode::INTERNAL_SERVER_ERROR);

@@ -70,6 +70,22 @@ impl TestDb {
             .unwrap_or_else(|e| panic!("{sql}: {e}"))
             .get(0)
     }
+
+    /// Make every insert (and update) into `table` fail with an error naming it, as a full
+    /// disk or a broken trigger would: for tests that a failed write leaves nothing behind.
+    /// `table` is the test's own constant; identifiers cannot be bound.
+    pub async fn refuse_writes(&self, table: &'static str) {
+        self.conn()
+            .await
+            .batch_execute(&format!(
+                "CREATE FUNCTION refuse_{table}() RETURNS trigger LANGUAGE plpgsql AS
+                   $$ BEGIN RAISE EXCEPTION '{table} refused by the test'; END $$;
+                 CREATE TRIGGER refuse_{table} BEFORE INSERT OR UPDATE ON {table}
+                   FOR EACH ROW EXECUTE FUNCTION refuse_{table}();"
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("make {table} refuse writes: {e}"));
+    }
 }
 
 /// A private cluster of a test's own, for tests that stop or restart the server. It is

@@ -161,16 +161,7 @@ async fn a_key_reused_with_another_request_is_refused_and_writes_nothing() {
 #[tokio::test]
 async fn a_failing_enqueue_writes_nothing_and_leaves_the_key_unused() {
     let db = TestDb::new().await;
-    db.conn()
-        .await
-        .batch_execute(
-            "CREATE FUNCTION refuse_jobs() RETURNS trigger LANGUAGE plpgsql AS
-               $$ BEGIN RAISE EXCEPTION 'jobs refused by the test'; END $$;
-             CREATE TRIGGER refuse_jobs BEFORE INSERT ON jobs
-               FOR EACH ROW EXECUTE FUNCTION refuse_jobs();",
-        )
-        .await
-        .unwrap();
+    db.refuse_writes("jobs").await;
     let k = key("rollback-key");
     let err = register(&db.pool, &settings(), &valid("Lions"), Some(&k), None)
         .await
